@@ -97,6 +97,13 @@ impl RawConfig {
         }
     }
 
+    /// Records a problem found while reading a source (e.g. a file value of a type no key
+    /// takes), so validation reports it with all the others.
+    pub fn report_problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems
+            .push(ConfigProblem::new(&key.to_ascii_uppercase(), message));
+    }
+
     /// The raw entry for a canonical key.
     pub fn get(&self, key: &str) -> Option<&RawEntry> {
         self.entries.get(key)
@@ -552,9 +559,29 @@ pub fn parse_seconds(text: &str) -> Option<i64> {
     n.checked_mul(factor)
 }
 
+/// Everything validation found, usable configuration or not: what `fab config check` shows.
+#[derive(Debug, Clone)]
+pub struct ConfigReport {
+    /// The validated configuration; None when there are problems.
+    pub config: Option<Config>,
+    /// Every key's effective value (the default where a value was refused), redacted.
+    pub effective: Vec<EffectiveEntry>,
+    /// Things worth saying that are not errors.
+    pub warnings: Vec<String>,
+    /// Every problem, each naming its key.
+    pub problems: Vec<ConfigProblem>,
+}
+
 impl Config {
     /// Validates `raw`, reporting every problem at once.
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigErrors> {
+        let report = Self::check(raw);
+        report.config.ok_or(ConfigErrors(report.problems))
+    }
+
+    /// Validates `raw` and keeps the whole picture (effective values, warnings and problems)
+    /// even when it is not usable.
+    pub fn check(raw: &RawConfig) -> ConfigReport {
         let mut r = Reader {
             raw,
             problems: raw.problems.clone(),
@@ -715,10 +742,15 @@ impl Config {
         };
 
         if !r.problems.is_empty() {
-            return Err(ConfigErrors(r.problems));
+            return ConfigReport {
+                config: None,
+                effective: r.effective,
+                warnings,
+                problems: r.problems,
+            };
         }
         let as_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(Config {
+        let config = Config {
             environment,
             secret_key,
             data_dir,
@@ -752,9 +784,15 @@ impl Config {
             template_folder,
             log_filter,
             log_format,
-            warnings,
+            warnings: warnings.clone(),
+            effective: r.effective.clone(),
+        };
+        ConfigReport {
+            config: Some(config),
             effective: r.effective,
-        })
+            warnings,
+            problems: Vec::new(),
+        }
     }
 
     /// Whether this is a production deployment.
@@ -822,6 +860,17 @@ mod tests {
         r.set("SECRET_KEYS", RawValue::Text("x".into()), Origin::File("fab.toml".into()));
         let errors = Config::from_raw(&r).unwrap_err();
         assert_eq!(errors.0[0].key, "SECRET_KEYS");
+    }
+
+    #[test]
+    fn check_keeps_the_effective_view_when_there_are_problems() {
+        let mut r = raw(&[("FAB_ENV", "production"), ("SECRET_KEY", "short")]);
+        r.report_problem("session_timeout", "arrays are not supported");
+        let report = Config::check(&r);
+        assert!(report.config.is_none());
+        let keys: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["SESSION_TIMEOUT", "SECRET_KEY"]);
+        assert!(report.effective.iter().any(|e| e.key == "FAB_ENV" && e.value == "production"));
     }
 
     #[test]
