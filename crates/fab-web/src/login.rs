@@ -1,0 +1,135 @@
+//! Checking a username and password, shared by the login page and the API login.
+//!
+//! Login is by username or email, case-insensitively. An unknown user costs the same hashing work
+//! as a known one and gets the same answer, and so does an inactive user, so neither timing nor
+//! wording tells an attacker which accounts exist. Flask-AppBuilder's counters are kept
+//! (login_count, last_login, fail_login_count) and every attempt is audited. A hash of an older
+//! scheme (werkzeug's) or weaker parameters is replaced after a successful check.
+
+use crate::client::ClientInfo;
+use crate::error::Failure;
+use crate::state::AppState;
+use fab_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
+use fab_core::secret::Secret;
+use fab_core::user::User;
+
+/// The one message every failed login gets, whatever the cause.
+pub(crate) const INVALID_LOGIN: &str = "Invalid login. Please try again.";
+
+/// Longest login name considered; longer input fails without a lookup.
+const LOGIN_MAX: usize = 320;
+
+/// Checks credentials. Ok(Some(user)) on success, Ok(None) on any refusal (already audited).
+pub(crate) async fn authenticate(
+    state: &AppState,
+    login: &str,
+    password: Secret,
+    client: &ClientInfo,
+    method: &'static str,
+) -> Result<Option<User>, Failure> {
+    let parts = &state.parts;
+    let login = login.trim();
+    let within_limits = !login.is_empty()
+        && login.chars().count() <= LOGIN_MAX
+        && !password.is_empty()
+        && password.char_count() <= parts.config.password_policy.max_length;
+    let user = if within_limits {
+        parts.store.user_by_login(login).await?
+    } else {
+        None
+    };
+    let hasher = parts.hasher.clone();
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let password_for_check = password.clone();
+    let verification = tokio::task::spawn_blocking(move || match stored {
+        Some(stored) => Some(hasher.verify(&password_for_check, stored.expose())),
+        None => {
+            hasher.verify_dummy(&password_for_check);
+            None
+        }
+    })
+    .await
+    .map_err(|e| Failure::Internal(format!("password check task failed: {e}")))?;
+
+    let now = parts.clock.now();
+    let failure = |reason: &str| {
+        AuditEvent::new(AuditKind::UserFailedLogin, Outcome::Failure, now)
+            .from_origin(client.origin())
+            .with_detail(serde_json::json!({ "reason": reason, "method": method }))
+    };
+    let (user, verification) = match (user, verification) {
+        (Some(user), Some(verification)) => (user, verification),
+        _ => {
+            let event = failure("unknown_user").on(format!("login:{}", truncate(login, 64)));
+            parts.store.record(&event).await?;
+            return Ok(None);
+        }
+    };
+    let target = format!("user:{} {}", user.id, user.username);
+    let actor = Some(Actor {
+        user_id: Some(user.id),
+        name: user.username.clone(),
+    });
+    if !verification.is_match() {
+        let event = failure("wrong_password").on(target).by(actor);
+        parts.store.record_login_failure(user.id, &event).await?;
+        return Ok(None);
+    }
+    if !user.active {
+        let event = failure("inactive_user").on(target).by(actor);
+        parts.store.record(&event).await?;
+        return Ok(None);
+    }
+    if verification.needs_rehash() {
+        let hasher = parts.hasher.clone();
+        let rng = parts.rng.clone();
+        let rehashed = tokio::task::spawn_blocking(move || hasher.hash(&password, rng.as_ref()))
+            .await
+            .map_err(|e| Failure::Internal(format!("password hash task failed: {e}")))?;
+        match rehashed {
+            Ok(hash) => {
+                parts
+                    .store
+                    .set_password_hash(user.id, &Secret::new(hash), None, None)
+                    .await?;
+            }
+            Err(e) => tracing::warn!(user = %user.id, error = %e, "rehash after login failed"),
+        }
+    }
+    let event = AuditEvent::new(AuditKind::UserLogin, Outcome::Success, now)
+        .by(actor)
+        .on(target)
+        .from_origin(client.origin())
+        .with_detail(serde_json::json!({ "method": method }));
+    parts.store.record_login_success(user.id, now, &event).await?;
+    Ok(Some(user))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// The actor of an audited change made by the requester.
+pub(crate) fn actor_of(principal: &crate::principal::Principal) -> Option<Actor> {
+    principal.user().map(|u| Actor {
+        user_id: Some(u.user.id),
+        name: u.user.username.clone(),
+    })
+}
+
+/// Checks a new password against the policy and hashes it off the async runtime.
+pub(crate) async fn hash_new_password(
+    state: &AppState,
+    password: &Secret,
+    context: &[&str],
+) -> Result<Secret, Failure> {
+    state.parts.config.password_policy.check(password, context)?;
+    let hasher = state.parts.hasher.clone();
+    let rng = state.parts.rng.clone();
+    let password = password.clone();
+    tokio::task::spawn_blocking(move || hasher.hash(&password, rng.as_ref()))
+        .await
+        .map_err(|e| Failure::Internal(format!("password hash task failed: {e}")))?
+        .map(Secret::new)
+        .map_err(|e| Failure::Internal(e.to_string()))
+}
