@@ -132,56 +132,181 @@ pub struct KeySpec {
 
 /// Every configuration key fab reads.
 pub const KEYS: &[KeySpec] = &[
-    KeySpec { name: "FAB_ENV", aliases: &["FLASK_ENV"], secret: false, default: "development",
-        doc: "`development` or `production`. Production refuses weak secrets and insecure cookies." },
-    KeySpec { name: "SECRET_KEY", aliases: &[], secret: true, default: "generated in development",
-        doc: "Signs API tokens. Production needs at least 32 characters; development generates one and keeps it in the data directory." },
-    KeySpec { name: "FAB_DATA_DIR", aliases: &[], secret: false, default: "data",
-        doc: "Directory for the embedded SQLite database and generated development secrets." },
-    KeySpec { name: "DATABASE_URL", aliases: &["SQLALCHEMY_DATABASE_URI"], secret: true, default: "sqlite://<FAB_DATA_DIR>/fab.db",
-        doc: "`sqlite:///abs/path.db`, `sqlite://relative.db` or `postgresql://user:pass@host:5432/db`." },
-    KeySpec { name: "FAB_BIND", aliases: &[], secret: false, default: "127.0.0.1:8080",
-        doc: "Address `fab serve` listens on. Loopback by default: expose it through a proxy or on purpose." },
-    KeySpec { name: "SESSION_TIMEOUT", aliases: &[], secret: false, default: "3600",
-        doc: "Idle timeout of a session, in seconds (or `30m`, `1h`)." },
-    KeySpec { name: "PERMANENT_SESSION_LIFETIME", aliases: &[], secret: false, default: "28800",
-        doc: "Absolute lifetime of a session whatever its use, in seconds (or `8h`)." },
-    KeySpec { name: "SESSION_COOKIE_SECURE", aliases: &[], secret: false, default: "true in production, false in development",
-        doc: "Send the session cookie over HTTPS only; its name then takes the `__Host-` prefix." },
-    KeySpec { name: "SESSION_COOKIE_HTTPONLY", aliases: &[], secret: false, default: "true",
-        doc: "Hide the session cookie from JavaScript." },
-    KeySpec { name: "SESSION_COOKIE_SAMESITE", aliases: &[], secret: false, default: "Lax",
-        doc: "`Strict`, `Lax` or `None` (None requires Secure). Lax keeps cross-site posts from carrying the cookie." },
-    KeySpec { name: "SESSION_BACKEND", aliases: &[], secret: false, default: "sql",
-        doc: "`sql` (the database) or `memory` (one process only; sessions end at restart)." },
-    KeySpec { name: "PASSWORD_MIN_LENGTH", aliases: &[], secret: false, default: "12",
-        doc: "Fewest characters in a new password." },
-    KeySpec { name: "FAB_PASSWORD_COMPLEXITY_ENABLED", aliases: &[], secret: false, default: "false",
-        doc: "Flask-AppBuilder's complexity rule: two capitals, one of !@#$&*, two digits, three lower case letters." },
-    KeySpec { name: "PASSWORD_HASH_MEMORY_KIB", aliases: &[], secret: false, default: "19456",
-        doc: "argon2id memory cost (OWASP minimum 19456 KiB; production refuses less)." },
-    KeySpec { name: "PASSWORD_HASH_ITERATIONS", aliases: &[], secret: false, default: "2",
-        doc: "argon2id time cost (OWASP minimum 2; production refuses less)." },
-    KeySpec { name: "PASSWORD_HASH_PARALLELISM", aliases: &[], secret: false, default: "1",
-        doc: "argon2id lanes." },
-    KeySpec { name: "JWT_ACCESS_TOKEN_EXPIRES", aliases: &[], secret: false, default: "900",
-        doc: "Lifetime of an API access token, in seconds (15 minutes, as Flask-AppBuilder)." },
-    KeySpec { name: "JWT_REFRESH_TOKEN_EXPIRES", aliases: &[], secret: false, default: "86400",
-        doc: "Lifetime of an API refresh token, in seconds." },
-    KeySpec { name: "FAB_ADMIN_USERNAME", aliases: &[], secret: false, default: "admin",
-        doc: "Username of the admin `fab serve` creates when there is none." },
-    KeySpec { name: "FAB_ADMIN_EMAIL", aliases: &[], secret: false, default: "admin@fab.localhost",
-        doc: "Email of that first admin." },
-    KeySpec { name: "FAB_ADMIN_PASSWORD", aliases: &[], secret: true, default: "generated and printed once",
-        doc: "Password of that first admin." },
-    KeySpec { name: "APP_NAME", aliases: &[], secret: false, default: "fab",
-        doc: "Name shown in page titles and the navigation bar." },
-    KeySpec { name: "FAB_TEMPLATE_FOLDER", aliases: &[], secret: false, default: "none",
-        doc: "Folder whose templates override the built-in ones of the same name." },
-    KeySpec { name: "FAB_LOG", aliases: &["RUST_LOG"], secret: false, default: "info",
-        doc: "Log filter (tracing-subscriber syntax)." },
-    KeySpec { name: "FAB_LOG_FORMAT", aliases: &[], secret: false, default: "text",
-        doc: "`text` or `json`." },
+    KeySpec {
+        name: "FAB_ENV",
+        aliases: &["FLASK_ENV"],
+        secret: false,
+        default: "development",
+        doc: "`development` or `production`. Production refuses weak secrets and insecure cookies.",
+    },
+    KeySpec {
+        name: "SECRET_KEY",
+        aliases: &[],
+        secret: true,
+        default: "generated in development",
+        doc: "Signs API tokens. Production needs at least 32 characters; development generates one and keeps it in the data directory.",
+    },
+    KeySpec {
+        name: "FAB_DATA_DIR",
+        aliases: &[],
+        secret: false,
+        default: "data",
+        doc: "Directory for the embedded SQLite database and generated development secrets.",
+    },
+    KeySpec {
+        name: "DATABASE_URL",
+        aliases: &["SQLALCHEMY_DATABASE_URI"],
+        secret: true,
+        default: "sqlite://<FAB_DATA_DIR>/fab.db",
+        doc: "`sqlite:///abs/path.db`, `sqlite://relative.db` or `postgresql://user:pass@host:5432/db`.",
+    },
+    KeySpec {
+        name: "FAB_BIND",
+        aliases: &[],
+        secret: false,
+        default: "127.0.0.1:8080",
+        doc: "Address `fab serve` listens on. Loopback by default: expose it through a proxy or on purpose.",
+    },
+    KeySpec {
+        name: "SESSION_TIMEOUT",
+        aliases: &[],
+        secret: false,
+        default: "3600",
+        doc: "Idle timeout of a session, in seconds (or `30m`, `1h`).",
+    },
+    KeySpec {
+        name: "PERMANENT_SESSION_LIFETIME",
+        aliases: &[],
+        secret: false,
+        default: "28800",
+        doc: "Absolute lifetime of a session whatever its use, in seconds (or `8h`).",
+    },
+    KeySpec {
+        name: "SESSION_COOKIE_SECURE",
+        aliases: &[],
+        secret: false,
+        default: "true in production, false in development",
+        doc: "Send the session cookie over HTTPS only; its name then takes the `__Host-` prefix.",
+    },
+    KeySpec {
+        name: "SESSION_COOKIE_HTTPONLY",
+        aliases: &[],
+        secret: false,
+        default: "true",
+        doc: "Hide the session cookie from JavaScript.",
+    },
+    KeySpec {
+        name: "SESSION_COOKIE_SAMESITE",
+        aliases: &[],
+        secret: false,
+        default: "Lax",
+        doc: "`Strict`, `Lax` or `None` (None requires Secure). Lax keeps cross-site posts from carrying the cookie.",
+    },
+    KeySpec {
+        name: "SESSION_BACKEND",
+        aliases: &[],
+        secret: false,
+        default: "sql",
+        doc: "`sql` (the database) or `memory` (one process only; sessions end at restart).",
+    },
+    KeySpec {
+        name: "PASSWORD_MIN_LENGTH",
+        aliases: &[],
+        secret: false,
+        default: "12",
+        doc: "Fewest characters in a new password.",
+    },
+    KeySpec {
+        name: "FAB_PASSWORD_COMPLEXITY_ENABLED",
+        aliases: &[],
+        secret: false,
+        default: "false",
+        doc: "Flask-AppBuilder's complexity rule: two capitals, one of !@#$&*, two digits, three lower case letters.",
+    },
+    KeySpec {
+        name: "PASSWORD_HASH_MEMORY_KIB",
+        aliases: &[],
+        secret: false,
+        default: "19456",
+        doc: "argon2id memory cost (OWASP minimum 19456 KiB; production refuses less).",
+    },
+    KeySpec {
+        name: "PASSWORD_HASH_ITERATIONS",
+        aliases: &[],
+        secret: false,
+        default: "2",
+        doc: "argon2id time cost (OWASP minimum 2; production refuses less).",
+    },
+    KeySpec {
+        name: "PASSWORD_HASH_PARALLELISM",
+        aliases: &[],
+        secret: false,
+        default: "1",
+        doc: "argon2id lanes.",
+    },
+    KeySpec {
+        name: "JWT_ACCESS_TOKEN_EXPIRES",
+        aliases: &[],
+        secret: false,
+        default: "900",
+        doc: "Lifetime of an API access token, in seconds (15 minutes, as Flask-AppBuilder).",
+    },
+    KeySpec {
+        name: "JWT_REFRESH_TOKEN_EXPIRES",
+        aliases: &[],
+        secret: false,
+        default: "86400",
+        doc: "Lifetime of an API refresh token, in seconds.",
+    },
+    KeySpec {
+        name: "FAB_ADMIN_USERNAME",
+        aliases: &[],
+        secret: false,
+        default: "admin",
+        doc: "Username of the admin `fab serve` creates when there is none.",
+    },
+    KeySpec {
+        name: "FAB_ADMIN_EMAIL",
+        aliases: &[],
+        secret: false,
+        default: "admin@fab.localhost",
+        doc: "Email of that first admin.",
+    },
+    KeySpec {
+        name: "FAB_ADMIN_PASSWORD",
+        aliases: &[],
+        secret: true,
+        default: "generated and printed once",
+        doc: "Password of that first admin.",
+    },
+    KeySpec {
+        name: "APP_NAME",
+        aliases: &[],
+        secret: false,
+        default: "fab",
+        doc: "Name shown in page titles and the navigation bar.",
+    },
+    KeySpec {
+        name: "FAB_TEMPLATE_FOLDER",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "Folder whose templates override the built-in ones of the same name.",
+    },
+    KeySpec {
+        name: "FAB_LOG",
+        aliases: &["RUST_LOG"],
+        secret: false,
+        default: "info",
+        doc: "Log filter (tracing-subscriber syntax).",
+    },
+    KeySpec {
+        name: "FAB_LOG_FORMAT",
+        aliases: &[],
+        secret: false,
+        default: "text",
+        doc: "`text` or `json`.",
+    },
 ];
 
 fn canonical_key(upper: &str) -> Option<&'static str> {
@@ -273,9 +398,13 @@ impl DatabaseUrl {
             };
             let path = path.split('?').next().unwrap_or_default().to_owned();
             if path.is_empty() {
-                return Err("an sqlite URL needs a file path, e.g. sqlite:///var/lib/fab/fab.db".into());
+                return Err(
+                    "an sqlite URL needs a file path, e.g. sqlite:///var/lib/fab/fab.db".into(),
+                );
             }
-            return Ok(DatabaseUrl::Sqlite { path: PathBuf::from(path) });
+            return Ok(DatabaseUrl::Sqlite {
+                path: PathBuf::from(path),
+            });
         }
         let scheme_end = value
             .find("://")
@@ -295,7 +424,9 @@ impl DatabaseUrl {
         if parsed.path().trim_start_matches('/').is_empty() {
             return Err("a postgresql URL needs a database name".into());
         }
-        Ok(DatabaseUrl::Postgres { url: Secret::new(normalised) })
+        Ok(DatabaseUrl::Postgres {
+            url: Secret::new(normalised),
+        })
     }
 
     /// The URL with any password replaced by `***`.
@@ -373,7 +504,11 @@ pub struct SessionSettings {
 impl SessionSettings {
     /// The session cookie's name.
     pub fn cookie_name(&self) -> &'static str {
-        if self.cookie_secure { "__Host-fab_session" } else { "fab_session" }
+        if self.cookie_secure {
+            "__Host-fab_session"
+        } else {
+            "fab_session"
+        }
     }
 }
 
@@ -449,8 +584,13 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn spec(key: &'static str) -> &'static KeySpec {
-        #[allow(clippy::expect_used, reason = "keys are compile-time constants of this module")]
-        KEYS.iter().find(|k| k.name == key).expect("key is declared in KEYS")
+        #[allow(
+            clippy::expect_used,
+            reason = "keys are compile-time constants of this module"
+        )]
+        KEYS.iter()
+            .find(|k| k.name == key)
+            .expect("key is declared in KEYS")
     }
 
     fn record(&mut self, key: &'static str, shown: String) {
@@ -594,7 +734,10 @@ impl Config {
             "development" | "dev" => Environment::Development,
             "production" | "prod" => Environment::Production,
             other => {
-                r.problem("FAB_ENV", format!("`{other}` is neither development nor production"));
+                r.problem(
+                    "FAB_ENV",
+                    format!("`{other}` is neither development nor production"),
+                );
                 Environment::Development
             }
         };
@@ -610,7 +753,10 @@ impl Config {
             );
         } else if secret_key.expose() == GUIDE_EXAMPLE_SECRET {
             if production {
-                r.problem("SECRET_KEY", "is the deployment guide's example value; generate your own");
+                r.problem(
+                    "SECRET_KEY",
+                    "is the deployment guide's example value; generate your own",
+                );
             } else {
                 warnings.push("SECRET_KEY is the deployment guide's example value".to_owned());
             }
@@ -634,14 +780,19 @@ impl Config {
             Ok(url) => url,
             Err(message) => {
                 r.problem("DATABASE_URL", message);
-                DatabaseUrl::Sqlite { path: data_dir.join("fab.db") }
+                DatabaseUrl::Sqlite {
+                    path: data_dir.join("fab.db"),
+                }
             }
         };
         r.record("DATABASE_URL", database.redacted());
 
         let bind_text = r.string("FAB_BIND", "127.0.0.1:8080");
         let bind = bind_text.trim().parse::<SocketAddr>().unwrap_or_else(|_| {
-            r.problem("FAB_BIND", format!("`{bind_text}` is not HOST:PORT (e.g. 127.0.0.1:8080)"));
+            r.problem(
+                "FAB_BIND",
+                format!("`{bind_text}` is not HOST:PORT (e.g. 127.0.0.1:8080)"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
 
@@ -672,12 +823,18 @@ impl Config {
             "strict" => SameSite::Strict,
             "none" => {
                 if !cookie_secure {
-                    r.problem("SESSION_COOKIE_SAMESITE", "None requires SESSION_COOKIE_SECURE=true");
+                    r.problem(
+                        "SESSION_COOKIE_SAMESITE",
+                        "None requires SESSION_COOKIE_SECURE=true",
+                    );
                 }
                 SameSite::None
             }
             other => {
-                r.problem("SESSION_COOKIE_SAMESITE", format!("`{other}` is not Strict, Lax or None"));
+                r.problem(
+                    "SESSION_COOKIE_SAMESITE",
+                    format!("`{other}` is not Strict, Lax or None"),
+                );
                 SameSite::Lax
             }
         };
@@ -693,17 +850,26 @@ impl Config {
 
         let min_length = r.integer("PASSWORD_MIN_LENGTH", 12, 1, 1024);
         if production && min_length < 8 {
-            r.problem("PASSWORD_MIN_LENGTH", format!("{min_length} is below 8, the least NIST SP 800-63B allows"));
+            r.problem(
+                "PASSWORD_MIN_LENGTH",
+                format!("{min_length} is below 8, the least NIST SP 800-63B allows"),
+            );
         }
         let complexity = r.bool("FAB_PASSWORD_COMPLEXITY_ENABLED", false);
         let memory_kib = r.integer("PASSWORD_HASH_MEMORY_KIB", 19_456, 8, 4 * 1024 * 1024);
         let iterations = r.integer("PASSWORD_HASH_ITERATIONS", 2, 1, 64);
         let parallelism = r.integer("PASSWORD_HASH_PARALLELISM", 1, 1, 64);
         if production && memory_kib < 19_456 {
-            r.problem("PASSWORD_HASH_MEMORY_KIB", format!("{memory_kib} is below OWASP's minimum of 19456"));
+            r.problem(
+                "PASSWORD_HASH_MEMORY_KIB",
+                format!("{memory_kib} is below OWASP's minimum of 19456"),
+            );
         }
         if production && iterations < 2 {
-            r.problem("PASSWORD_HASH_ITERATIONS", format!("{iterations} is below OWASP's minimum of 2"));
+            r.problem(
+                "PASSWORD_HASH_ITERATIONS",
+                format!("{iterations} is below OWASP's minimum of 2"),
+            );
         }
 
         let jwt_access_ttl = r.seconds("JWT_ACCESS_TOKEN_EXPIRES", 900, 30, 86_400);
@@ -724,10 +890,17 @@ impl Config {
         let template_folder = r.text("FAB_TEMPLATE_FOLDER").map(PathBuf::from);
         r.record(
             "FAB_TEMPLATE_FOLDER",
-            template_folder.as_ref().map_or("none".into(), |p| p.display().to_string()),
+            template_folder
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string()),
         );
         let log_filter = r.string("FAB_LOG", "info");
-        let log_format = match r.string("FAB_LOG_FORMAT", "text").trim().to_ascii_lowercase().as_str() {
+        let log_format = match r
+            .string("FAB_LOG_FORMAT", "text")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
@@ -822,7 +995,9 @@ mod tests {
         assert_eq!(config.session.same_site, SameSite::Lax);
         assert_eq!(
             config.database,
-            DatabaseUrl::Sqlite { path: PathBuf::from("data/fab.db") }
+            DatabaseUrl::Sqlite {
+                path: PathBuf::from("data/fab.db")
+            }
         );
     }
 
@@ -837,10 +1012,22 @@ mod tests {
         ]))
         .unwrap_err();
         let text = errors.to_string();
-        assert!(text.contains("SECRET_KEY: 12 characters, production needs at least 32"), "{text}");
-        assert!(text.contains("SESSION_COOKIE_SECURE: must be true in production"), "{text}");
-        assert!(text.contains("DATABASE_URL: unsupported database scheme `mysql`"), "{text}");
-        assert!(text.contains("SESSION_TIMEOUT: `soon` is not a duration"), "{text}");
+        assert!(
+            text.contains("SECRET_KEY: 12 characters, production needs at least 32"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SESSION_COOKIE_SECURE: must be true in production"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DATABASE_URL: unsupported database scheme `mysql`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SESSION_TIMEOUT: `soon` is not a duration"),
+            "{text}"
+        );
         assert_eq!(errors.0.len(), 4);
     }
 
@@ -857,7 +1044,11 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_problems() {
         let mut r = raw(&[("SECRET_KEY", "k".repeat(40).as_str())]);
-        r.set("SECRET_KEYS", RawValue::Text("x".into()), Origin::File("fab.toml".into()));
+        r.set(
+            "SECRET_KEYS",
+            RawValue::Text("x".into()),
+            Origin::File("fab.toml".into()),
+        );
         let errors = Config::from_raw(&r).unwrap_err();
         assert_eq!(errors.0[0].key, "SECRET_KEYS");
     }
@@ -870,22 +1061,33 @@ mod tests {
         assert!(report.config.is_none());
         let keys: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["SESSION_TIMEOUT", "SECRET_KEY"]);
-        assert!(report.effective.iter().any(|e| e.key == "FAB_ENV" && e.value == "production"));
+        assert!(
+            report
+                .effective
+                .iter()
+                .any(|e| e.key == "FAB_ENV" && e.value == "production")
+        );
     }
 
     #[test]
     fn database_urls() {
         assert_eq!(
             DatabaseUrl::parse("sqlite:///abs/path/fab.db").unwrap(),
-            DatabaseUrl::Sqlite { path: PathBuf::from("/abs/path/fab.db") }
+            DatabaseUrl::Sqlite {
+                path: PathBuf::from("/abs/path/fab.db")
+            }
         );
         assert_eq!(
             DatabaseUrl::parse("sqlite:////abs/fab.db").unwrap(),
-            DatabaseUrl::Sqlite { path: PathBuf::from("/abs/fab.db") }
+            DatabaseUrl::Sqlite {
+                path: PathBuf::from("/abs/fab.db")
+            }
         );
         assert_eq!(
             DatabaseUrl::parse("sqlite://rel/fab.db").unwrap(),
-            DatabaseUrl::Sqlite { path: PathBuf::from("rel/fab.db") }
+            DatabaseUrl::Sqlite {
+                path: PathBuf::from("rel/fab.db")
+            }
         );
         let pg = DatabaseUrl::parse("postgresql+psycopg2://u:pw@db:5432/app").unwrap();
         assert_eq!(pg.redacted(), "postgres://u:***@db:5432/app");
@@ -901,7 +1103,12 @@ mod tests {
         ]))
         .unwrap();
         let shown: Vec<_> = config.effective.iter().map(|e| e.value.clone()).collect();
-        assert!(!shown.iter().any(|v| v.contains("topsecret") || v.contains("ssss")), "{shown:?}");
+        assert!(
+            !shown
+                .iter()
+                .any(|v| v.contains("topsecret") || v.contains("ssss")),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -208,7 +208,9 @@ mod werkzeug {
                 }
             }
             "scrypt" => {
-                let n: u64 = method_parts.next().map_or(Some(32_768), |v| v.parse().ok())?;
+                let n: u64 = method_parts
+                    .next()
+                    .map_or(Some(32_768), |v| v.parse().ok())?;
                 let r: u32 = method_parts.next().map_or(Some(8), |v| v.parse().ok())?;
                 let p: u32 = method_parts.next().map_or(Some(1), |v| v.parse().ok())?;
                 if !n.is_power_of_two() || n < 2 {
@@ -227,7 +229,6 @@ mod werkzeug {
         };
         Some(computed.len() == expected.len() && bool::from(computed.ct_eq(&expected)))
     }
-
 }
 
 /// The rules a new password must meet.
@@ -258,37 +259,214 @@ impl Default for PasswordPolicy {
 /// Passwords refused whatever the other rules say: the most frequent ones in public breach
 /// corpora, plus obvious product and keyboard patterns. Compared case-insensitively.
 const COMMON_PASSWORDS: &[&str] = &[
-    "123456", "password", "12345678", "qwerty", "123456789", "12345", "1234", "111111",
-    "1234567", "dragon", "123123", "baseball", "abc123", "football", "monkey", "letmein",
-    "696969", "shadow", "master", "666666", "qwertyuiop", "123321", "mustang", "1234567890",
-    "michael", "654321", "superman", "1qaz2wsx", "7777777", "121212", "000000", "qazwsx",
-    "123qwe", "killer", "trustno1", "jordan", "jennifer", "zxcvbnm", "asdfgh", "hunter",
-    "buster", "soccer", "harley", "batman", "andrew", "tigger", "sunshine", "iloveyou",
-    "2000", "charlie", "robert", "thomas", "hockey", "ranger", "daniel", "starwars", "klaster",
-    "112233", "george", "computer", "michelle", "jessica", "pepper", "1111", "zxcvbn", "555555",
-    "11111111", "131313", "freedom", "777777", "pass", "maggie", "159753", "aaaaaa", "ginger",
-    "princess", "joshua", "cheese", "amanda", "summer", "love", "ashley", "nicole", "chelsea",
-    "biteme", "matthew", "access", "yankees", "987654321", "dallas", "austin", "thunder",
-    "taylor", "matrix", "password1", "password12", "password123", "password1234",
-    "passw0rd", "p@ssw0rd", "p@ssword", "qwerty123", "qwerty1234", "qwertyuiop123",
-    "welcome", "welcome1", "welcome123", "admin", "admin123", "admin1234", "administrator",
-    "root", "toor", "changeme", "changeme123", "secret", "secret123", "letmein123",
-    "iloveyou123", "monkey123", "dragon123", "football123", "baseball123", "abc12345",
-    "abcd1234", "1q2w3e4r", "1q2w3e4r5t", "1q2w3e4r5t6y", "q1w2e3r4", "q1w2e3r4t5",
-    "zaq12wsx", "!qaz2wsx", "asdfghjkl", "asdf1234", "qazwsxedc", "123abc", "aa123456",
-    "123456a", "a123456", "1234qwer", "qwer1234", "11223344", "112233445566",
-    "123456789a", "1234567890a", "0123456789", "9876543210", "123456789012",
-    "1234512345", "12341234", "123123123", "987654321a", "passwordpassword",
-    "superman123", "batman123", "starwars123", "trustno1!", "sunshine1", "princess1",
-    "flask-appbuilder", "flaskappbuilder", "appbuilder", "fab-admin", "fabadmin",
-    "your-very-long-random-secret-key-minimum-32-chars", "correcthorsebatterystaple",
-    "letmeinplease", "iloveyouforever", "passwordisnotsecure", "mypassword", "mypassword1",
-    "mypassword123", "newpassword", "newpassword1", "newpassword123", "temp1234",
-    "temporary", "temppassword", "default", "default123", "guest", "guest123", "test",
-    "test123", "test1234", "testing", "testing123", "user", "user123", "user1234",
-    "login", "login123", "qwertyqwerty", "asdfasdf", "zxcvzxcv", "abcabc", "abcdef",
-    "abcdefg", "abcdefgh", "abcdefghij", "abcdefghijkl", "aaaaaaaa", "aaaaaaaaaaaa",
-    "00000000", "000000000000", "111111111111", "121212121212", "123123123123",
+    "123456",
+    "password",
+    "12345678",
+    "qwerty",
+    "123456789",
+    "12345",
+    "1234",
+    "111111",
+    "1234567",
+    "dragon",
+    "123123",
+    "baseball",
+    "abc123",
+    "football",
+    "monkey",
+    "letmein",
+    "696969",
+    "shadow",
+    "master",
+    "666666",
+    "qwertyuiop",
+    "123321",
+    "mustang",
+    "1234567890",
+    "michael",
+    "654321",
+    "superman",
+    "1qaz2wsx",
+    "7777777",
+    "121212",
+    "000000",
+    "qazwsx",
+    "123qwe",
+    "killer",
+    "trustno1",
+    "jordan",
+    "jennifer",
+    "zxcvbnm",
+    "asdfgh",
+    "hunter",
+    "buster",
+    "soccer",
+    "harley",
+    "batman",
+    "andrew",
+    "tigger",
+    "sunshine",
+    "iloveyou",
+    "2000",
+    "charlie",
+    "robert",
+    "thomas",
+    "hockey",
+    "ranger",
+    "daniel",
+    "starwars",
+    "klaster",
+    "112233",
+    "george",
+    "computer",
+    "michelle",
+    "jessica",
+    "pepper",
+    "1111",
+    "zxcvbn",
+    "555555",
+    "11111111",
+    "131313",
+    "freedom",
+    "777777",
+    "pass",
+    "maggie",
+    "159753",
+    "aaaaaa",
+    "ginger",
+    "princess",
+    "joshua",
+    "cheese",
+    "amanda",
+    "summer",
+    "love",
+    "ashley",
+    "nicole",
+    "chelsea",
+    "biteme",
+    "matthew",
+    "access",
+    "yankees",
+    "987654321",
+    "dallas",
+    "austin",
+    "thunder",
+    "taylor",
+    "matrix",
+    "password1",
+    "password12",
+    "password123",
+    "password1234",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "qwerty123",
+    "qwerty1234",
+    "qwertyuiop123",
+    "welcome",
+    "welcome1",
+    "welcome123",
+    "admin",
+    "admin123",
+    "admin1234",
+    "administrator",
+    "root",
+    "toor",
+    "changeme",
+    "changeme123",
+    "secret",
+    "secret123",
+    "letmein123",
+    "iloveyou123",
+    "monkey123",
+    "dragon123",
+    "football123",
+    "baseball123",
+    "abc12345",
+    "abcd1234",
+    "1q2w3e4r",
+    "1q2w3e4r5t",
+    "1q2w3e4r5t6y",
+    "q1w2e3r4",
+    "q1w2e3r4t5",
+    "zaq12wsx",
+    "!qaz2wsx",
+    "asdfghjkl",
+    "asdf1234",
+    "qazwsxedc",
+    "123abc",
+    "aa123456",
+    "123456a",
+    "a123456",
+    "1234qwer",
+    "qwer1234",
+    "11223344",
+    "112233445566",
+    "123456789a",
+    "1234567890a",
+    "0123456789",
+    "9876543210",
+    "123456789012",
+    "1234512345",
+    "12341234",
+    "123123123",
+    "987654321a",
+    "passwordpassword",
+    "superman123",
+    "batman123",
+    "starwars123",
+    "trustno1!",
+    "sunshine1",
+    "princess1",
+    "flask-appbuilder",
+    "flaskappbuilder",
+    "appbuilder",
+    "fab-admin",
+    "fabadmin",
+    "your-very-long-random-secret-key-minimum-32-chars",
+    "correcthorsebatterystaple",
+    "letmeinplease",
+    "iloveyouforever",
+    "passwordisnotsecure",
+    "mypassword",
+    "mypassword1",
+    "mypassword123",
+    "newpassword",
+    "newpassword1",
+    "newpassword123",
+    "temp1234",
+    "temporary",
+    "temppassword",
+    "default",
+    "default123",
+    "guest",
+    "guest123",
+    "test",
+    "test123",
+    "test1234",
+    "testing",
+    "testing123",
+    "user",
+    "user123",
+    "user1234",
+    "login",
+    "login123",
+    "qwertyqwerty",
+    "asdfasdf",
+    "zxcvzxcv",
+    "abcabc",
+    "abcdef",
+    "abcdefg",
+    "abcdefgh",
+    "abcdefghij",
+    "abcdefghijkl",
+    "aaaaaaaa",
+    "aaaaaaaaaaaa",
+    "00000000",
+    "000000000000",
+    "111111111111",
+    "121212121212",
+    "123123123123",
 ];
 
 impl PasswordPolicy {
@@ -365,11 +543,15 @@ mod tests {
     #[test]
     fn argon2id_round_trip() {
         let hasher = fast_hasher();
-        let hash = hasher.hash(&Secret::new("correct horse"), &OsRandom).unwrap();
+        let hash = hasher
+            .hash(&Secret::new("correct horse"), &OsRandom)
+            .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
         assert_eq!(
             hasher.verify(&Secret::new("correct horse"), &hash),
-            Verification::Match { needs_rehash: false }
+            Verification::Match {
+                needs_rehash: false
+            }
         );
         assert_eq!(
             hasher.verify(&Secret::new("wrong horse"), &hash),
@@ -390,7 +572,11 @@ mod tests {
             &OsRandom,
         )
         .unwrap();
-        assert!(strong.verify(&Secret::new("pw-for-rehash"), &hash).needs_rehash());
+        assert!(
+            strong
+                .verify(&Secret::new("pw-for-rehash"), &hash)
+                .needs_rehash()
+        );
     }
 
     // Produced by werkzeug 3: generate_password_hash("secret-password", "pbkdf2:sha256:1000")
@@ -426,8 +612,19 @@ mod tests {
     #[test]
     fn unreadable_hashes_never_match() {
         let hasher = fast_hasher();
-        for stored in ["", "plain", "md5$x$y", "pbkdf2:sha256:0$s$00", "scrypt:1000:8:1$s$00", "$argon2id$junk"] {
-            assert_eq!(hasher.verify(&Secret::new("x"), stored), Verification::Mismatch, "{stored}");
+        for stored in [
+            "",
+            "plain",
+            "md5$x$y",
+            "pbkdf2:sha256:0$s$00",
+            "scrypt:1000:8:1$s$00",
+            "$argon2id$junk",
+        ] {
+            assert_eq!(
+                hasher.verify(&Secret::new("x"), stored),
+                Verification::Mismatch,
+                "{stored}"
+            );
         }
     }
 
@@ -436,8 +633,16 @@ mod tests {
         let policy = PasswordPolicy::default();
         assert!(policy.check(&Secret::new("short"), &[]).is_err());
         assert!(policy.check(&Secret::new("Password1234"), &[]).is_err());
-        assert!(policy.check(&Secret::new("alice-the-admin"), &["alice-the-admin"]).is_err());
-        assert!(policy.check(&Secret::new("tranquil-otter-42"), &["alice"]).is_ok());
+        assert!(
+            policy
+                .check(&Secret::new("alice-the-admin"), &["alice-the-admin"])
+                .is_err()
+        );
+        assert!(
+            policy
+                .check(&Secret::new("tranquil-otter-42"), &["alice"])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ impl RandomSource for OsRandom {
     fn fill(&self, dest: &mut [u8]) {
         // The OS generator failing is unrecoverable for a security server; there is no safe
         // fallback, so fail loudly rather than hand out predictable ids.
-        #[allow(clippy::expect_used, reason = "no safe fallback exists when the OS CSPRNG fails")]
+        #[allow(
+            clippy::expect_used,
+            reason = "no safe fallback exists when the OS CSPRNG fails"
+        )]
         getrandom::fill(dest).expect("operating system random number generator failed");
     }
 }

@@ -200,7 +200,10 @@ mod tests {
     fn export_format_matches_flask_appbuilder() {
         let export = RoleExport {
             name: "Viewer".into(),
-            permissions: vec![ExportedGrant::from(&Grant::new("can_list", "UserDBModelView"))],
+            permissions: vec![ExportedGrant::from(&Grant::new(
+                "can_list",
+                "UserDBModelView",
+            ))],
         };
         let json = serde_json::to_value(&export).unwrap();
         assert_eq!(

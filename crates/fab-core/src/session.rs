@@ -231,7 +231,13 @@ mod tests {
 
     #[test]
     fn forged_cookie_values_are_not_tokens() {
-        for junk in ["", "abc", "../../etc/passwd", &"a".repeat(44), &"é".repeat(43)] {
+        for junk in [
+            "",
+            "abc",
+            "../../etc/passwd",
+            &"a".repeat(44),
+            &"é".repeat(43),
+        ] {
             assert!(SessionToken::parse(junk).is_none(), "{junk}");
         }
     }
@@ -244,8 +250,18 @@ mod tests {
             touch_interval: Duration::minutes(1),
         };
         let token = SessionToken::generate(&OsRandom);
-        let mut record = policy.new_record(&token, UserId(1), SessionStage::Authenticated, start(), None, None);
-        assert_eq!(policy.check(&record, start()), SessionCheck::Valid { touch: false });
+        let mut record = policy.new_record(
+            &token,
+            UserId(1),
+            SessionStage::Authenticated,
+            start(),
+            None,
+            None,
+        );
+        assert_eq!(
+            policy.check(&record, start()),
+            SessionCheck::Valid { touch: false }
+        );
         assert_eq!(
             policy.check(&record, start() + Duration::minutes(5)),
             SessionCheck::Valid { touch: true }

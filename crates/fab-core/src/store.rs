@@ -6,7 +6,9 @@
 
 use crate::audit::{AuditEvent, AuditSink, StoredAuditEvent};
 use crate::error::StoreError;
-use crate::rbac::{Grant, PermissionSet, PermissionView, PermissionViewId, Role, RoleExport, RoleId};
+use crate::rbac::{
+    Grant, PermissionSet, PermissionView, PermissionViewId, Role, RoleExport, RoleId,
+};
 use crate::secret::Secret;
 use crate::user::{NewUser, User, UserId, UserProfile};
 use async_trait::async_trait;
@@ -137,8 +139,7 @@ pub trait SecurityStore: AuditSink {
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
     /// A failed login of a known user: fail_login_count + 1.
-    async fn record_login_failure(&self, id: UserId, audit: &AuditEvent)
-    -> Result<(), StoreError>;
+    async fn record_login_failure(&self, id: UserId, audit: &AuditEvent) -> Result<(), StoreError>;
 
     /// Every role with its counts, ordered by name.
     async fn list_roles(&self) -> Result<Vec<RoleSummary>, StoreError>;
@@ -149,8 +150,12 @@ pub trait SecurityStore: AuditSink {
     /// Creates a role. Conflict when the name is taken.
     async fn create_role(&self, name: &str, audit: &AuditEvent) -> Result<Role, StoreError>;
     /// Renames a role.
-    async fn rename_role(&self, id: RoleId, name: &str, audit: &AuditEvent)
-    -> Result<(), StoreError>;
+    async fn rename_role(
+        &self,
+        id: RoleId,
+        name: &str,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// Deletes a role and its links.
     async fn delete_role(&self, id: RoleId, audit: &AuditEvent) -> Result<(), StoreError>;
     /// The grants a role holds.
@@ -192,8 +197,11 @@ pub trait SecurityStore: AuditSink {
     async fn export_roles(&self) -> Result<Vec<RoleExport>, StoreError>;
     /// Creates or updates roles from Flask-AppBuilder's export format (grants are added, missing
     /// permissions and view menus created); the number of roles touched.
-    async fn import_roles(&self, roles: &[RoleExport], audit: &AuditEvent)
-    -> Result<u64, StoreError>;
+    async fn import_roles(
+        &self,
+        roles: &[RoleExport],
+        audit: &AuditEvent,
+    ) -> Result<u64, StoreError>;
 
     /// The newest audit records, newest first, optionally only of one event name.
     async fn recent_audit(

@@ -140,7 +140,10 @@ impl UserProfile {
                 ));
             }
             if value.chars().any(char::is_control) {
-                problems.push(ValidationError::new(field, "must not contain control characters"));
+                problems.push(ValidationError::new(
+                    field,
+                    "must not contain control characters",
+                ));
             }
         }
         if self.first_name.is_empty() {
@@ -204,7 +207,10 @@ pub fn validate_email(email: &str) -> Result<(), ValidationError> {
         || domain.ends_with('.')
         || email.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(ValidationError::new("email", "is not a valid email address"));
+        return Err(ValidationError::new(
+            "email",
+            "is not a valid email address",
+        ));
     }
     Ok(())
 }

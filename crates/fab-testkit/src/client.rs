@@ -18,7 +18,10 @@ pub struct TestClient {
 impl TestClient {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:4321`).
     pub fn new(base: &str) -> Self {
-        #[allow(clippy::expect_used, reason = "test support: a client that cannot be built is a broken test machine")]
+        #[allow(
+            clippy::expect_used,
+            reason = "test support: a client that cannot be built is a broken test machine"
+        )]
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -51,7 +54,9 @@ impl TestClient {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
-        self.cookies.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cookies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn cookie_header(&self) -> Option<HeaderValue> {
@@ -104,7 +109,10 @@ impl TestClient {
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes);
         }
-        #[allow(clippy::expect_used, reason = "test support: the server under test must answer")]
+        #[allow(
+            clippy::expect_used,
+            reason = "test support: the server under test must answer"
+        )]
         let response = request.send().await.expect("request to the test server");
         self.absorb(response.headers());
         response

@@ -44,7 +44,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
-        let (a, b, c) = (SeededRandom::new(1), SeededRandom::new(1), SeededRandom::new(2));
+        let (a, b, c) = (
+            SeededRandom::new(1),
+            SeededRandom::new(1),
+            SeededRandom::new(2),
+        );
         let mut x = [0u8; 40];
         let mut y = [0u8; 40];
         let mut z = [0u8; 40];

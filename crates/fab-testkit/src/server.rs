@@ -113,7 +113,10 @@ impl TestServer {
     }
 
     /// A server with `options`.
-    #[allow(clippy::expect_used, reason = "test support: a server that cannot start fails the test loudly")]
+    #[allow(
+        clippy::expect_used,
+        reason = "test support: a server that cannot start fails the test loudly"
+    )]
     pub async fn start_with(options: TestServerOptions) -> TestServer {
         fab::app::install_crypto_provider();
         let test_database = match options.backend {
@@ -133,7 +136,10 @@ impl TestServer {
         let mut raw = RawConfig::new();
         let origin = Origin::Env("test".into());
         let defaults = [
-            ("SECRET_KEY", "test-secret-key-that-is-long-enough-0123456789"),
+            (
+                "SECRET_KEY",
+                "test-secret-key-that-is-long-enough-0123456789",
+            ),
             ("FAB_ENV", "development"),
             ("PASSWORD_HASH_MEMORY_KIB", "1024"),
             ("PASSWORD_HASH_ITERATIONS", "1"),
@@ -144,7 +150,11 @@ impl TestServer {
         for (key, value) in defaults {
             raw.set(key, RawValue::Text(value.into()), origin.clone());
         }
-        raw.set("DATABASE_URL", RawValue::Text(database_url.clone()), origin.clone());
+        raw.set(
+            "DATABASE_URL",
+            RawValue::Text(database_url.clone()),
+            origin.clone(),
+        );
         for (key, value) in &options.settings {
             raw.set(key, RawValue::Text(value.clone()), origin.clone());
         }
@@ -159,7 +169,9 @@ impl TestServer {
         )
         .await
         .expect("build the app");
-        fab::app::ensure_admin(&app.parts).await.expect("first admin");
+        fab::app::ensure_admin(&app.parts)
+            .await
+            .expect("first admin");
         let store = Arc::clone(&app.parts.store);
         let sessions = Arc::clone(&app.parts.sessions);
 

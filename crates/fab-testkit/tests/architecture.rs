@@ -1,6 +1,12 @@
 //! The checkable invariants of ARCHITECTURE.md: dependency direction between crates, which crate
 //! may know HTTP, SQL or the environment, and where time and randomness may come from.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,11 +22,21 @@ fn workspace_root() -> PathBuf {
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace_root())
         .output()
         .expect("cargo metadata runs");
-    assert!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("metadata is JSON")
 }
 
@@ -49,13 +65,24 @@ const REDIS: &[&str] = &["redis"];
 fn dependencies_point_inward() {
     let metadata = metadata();
     let fab_crates = |deps: &[String]| -> Vec<String> {
-        deps.iter().filter(|d| d.starts_with("fab")).cloned().collect()
+        deps.iter()
+            .filter(|d| d.starts_with("fab"))
+            .cloned()
+            .collect()
     };
     let core = dependencies(&metadata, "fab-core");
-    assert!(fab_crates(&core).is_empty(), "fab-core depends on {:?}", fab_crates(&core));
+    assert!(
+        fab_crates(&core).is_empty(),
+        "fab-core depends on {:?}",
+        fab_crates(&core)
+    );
     for inner in ["fab-store", "fab-web"] {
         let deps = dependencies(&metadata, inner);
-        assert_eq!(fab_crates(&deps), ["fab-core"], "{inner} may depend on fab-core only");
+        assert_eq!(
+            fab_crates(&deps),
+            ["fab-core"],
+            "{inner} may depend on fab-core only"
+        );
     }
 }
 
@@ -71,7 +98,10 @@ fn only_fab_web_knows_http_and_only_fab_store_knows_sql() {
         let deps = dependencies(&metadata, package);
         for group in *groups {
             for name in *group {
-                assert!(!deps.iter().any(|d| d == name), "{package} must not depend on {name}");
+                assert!(
+                    !deps.iter().any(|d| d == name),
+                    "{package} must not depend on {name}"
+                );
             }
         }
     }
@@ -79,7 +109,9 @@ fn only_fab_web_knows_http_and_only_fab_store_knows_sql() {
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -115,7 +147,10 @@ fn only_fab_reads_the_environment() {
     for crate_dir in ["fab-core", "fab-store", "fab-web"] {
         for needle in ["std::env", "env::var", "dotenv"] {
             let found = occurrences(crate_dir, needle, None);
-            assert!(found.is_empty(), "{crate_dir} reads the environment: {found:#?}");
+            assert!(
+                found.is_empty(),
+                "{crate_dir} reads the environment: {found:#?}"
+            );
         }
     }
 }
@@ -125,11 +160,17 @@ fn time_and_randomness_come_in_as_parameters() {
     for crate_dir in ["fab-core", "fab-store", "fab-web"] {
         for needle in ["Utc::now", "SystemTime::now", "Local::now"] {
             let found = occurrences(crate_dir, needle, Some("clock.rs"));
-            assert!(found.is_empty(), "{crate_dir} reads the system clock: {found:#?}");
+            assert!(
+                found.is_empty(),
+                "{crate_dir} reads the system clock: {found:#?}"
+            );
         }
         for needle in ["getrandom::", "thread_rng", "rand::rng"] {
             let found = occurrences(crate_dir, needle, Some("random.rs"));
-            assert!(found.is_empty(), "{crate_dir} draws randomness itself: {found:#?}");
+            assert!(
+                found.is_empty(),
+                "{crate_dir} draws randomness itself: {found:#?}"
+            );
         }
     }
 }
@@ -137,9 +178,14 @@ fn time_and_randomness_come_in_as_parameters() {
 #[test]
 fn architecture_document_names_every_invariant_checked_here() {
     let text = std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md")).unwrap();
-    for phrase in ["dependencies point inward", "only fab-web knows HTTP", "time and randomness come in as parameters"] {
+    for phrase in [
+        "dependencies point inward",
+        "only fab-web knows HTTP",
+        "time and randomness come in as parameters",
+    ] {
         assert!(
-            text.lines().any(|l| l.starts_with("Invariant:") && l.contains(phrase)),
+            text.lines()
+                .any(|l| l.starts_with("Invariant:") && l.contains(phrase)),
             "ARCHITECTURE.md has an Invariant line about {phrase}"
         );
     }
@@ -149,6 +195,10 @@ fn architecture_document_names_every_invariant_checked_here() {
 fn readme_documents_every_configuration_key() {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     for key in fab_core::config::KEYS {
-        assert!(readme.contains(&format!("`{}`", key.name)), "README documents {}", key.name);
+        assert!(
+            readme.contains(&format!("`{}`", key.name)),
+            "README documents {}",
+            key.name
+        );
     }
 }

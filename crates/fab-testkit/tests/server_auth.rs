@@ -1,6 +1,12 @@
 //! Login, sessions, revocation, permissions and the API, against a real server on SQLite and on
 //! PostgreSQL, tried the way an attacker would try them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
 use chrono::Duration;
 use fab_core::rbac::{Grant, PUBLIC_ROLE};
 use fab_testkit::{ADMIN_PASSWORD, ADMIN_USERNAME, Backend, TestClient, TestServer};
@@ -22,7 +28,12 @@ fn session_cookie(client: &TestClient) -> Option<String> {
 }
 
 /// Creates a user through the admin pages; returns its id.
-async fn create_user(server: &TestServer, admin: &TestClient, username: &str, roles: &[&str]) -> i64 {
+async fn create_user(
+    server: &TestServer,
+    admin: &TestClient,
+    username: &str,
+    roles: &[&str],
+) -> i64 {
     let mut fields: Vec<(String, String)> = vec![
         ("first_name".into(), "Test".into()),
         ("last_name".into(), username.into()),
@@ -33,13 +44,31 @@ async fn create_user(server: &TestServer, admin: &TestClient, username: &str, ro
         ("conf_password".into(), USER_PASSWORD.into()),
     ];
     for role in roles {
-        let role = server.store.role_by_name(role).await.unwrap().expect("role exists");
+        let role = server
+            .store
+            .role_by_name(role)
+            .await
+            .unwrap()
+            .expect("role exists");
         fields.push(("roles".into(), role.id.0.to_string()));
     }
-    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let response = admin.post_form("/users/add/", &borrowed).await;
-    assert_eq!(response.status(), 303, "user creation redirects: {}", response.text().await.unwrap_or_default());
-    let user = server.store.user_by_login(username).await.unwrap().expect("user created");
+    assert_eq!(
+        response.status(),
+        303,
+        "user creation redirects: {}",
+        response.text().await.unwrap_or_default()
+    );
+    let user = server
+        .store
+        .user_by_login(username)
+        .await
+        .unwrap()
+        .expect("user created");
     user.id.0
 }
 
@@ -66,7 +95,9 @@ async fn viewer_role(server: &TestServer, admin: &TestClient) {
     assert_eq!(ids.len(), wanted.len());
     let mut fields = vec![("name", "Viewer")];
     fields.extend(ids.iter().map(|id| ("permissions", id.as_str())));
-    let response = admin.post_form(&format!("/roles/edit/{}", role.id.0), &fields).await;
+    let response = admin
+        .post_form(&format!("/roles/edit/{}", role.id.0), &fields)
+        .await;
     assert_eq!(response.status(), 303);
 }
 
@@ -83,24 +114,48 @@ async fn login_and_logout(backend: Backend) {
     assert!(html.contains(r#"name="username""#) && html.contains(r#"name="password""#));
 
     let response = client
-        .post_form("/login/", &[("username", "ADMIN"), ("password", ADMIN_PASSWORD), ("next", "/users/list/")])
+        .post_form(
+            "/login/",
+            &[
+                ("username", "ADMIN"),
+                ("password", ADMIN_PASSWORD),
+                ("next", "/users/list/"),
+            ],
+        )
         .await;
     assert_eq!(response.status(), 303, "login by case-insensitive username");
     assert_eq!(location(&response), "/users/list/");
-    let set_cookie = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
     let list = client.get("/users/list/").await;
     assert_eq!(list.status(), 200);
     assert_eq!(list.headers().get("cache-control").unwrap(), "no-store");
     assert!(list.text().await.unwrap().contains(ADMIN_USERNAME));
 
-    let admin = server.store.user_by_login(ADMIN_USERNAME).await.unwrap().unwrap();
+    let admin = server
+        .store
+        .user_by_login(ADMIN_USERNAME)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(admin.login_count, 1);
     assert!(admin.last_login.is_some());
 
     let response = client.post_form("/logout/", &[]).await;
     assert_eq!(response.status(), 303);
-    assert!(session_cookie(&client).is_none(), "logout clears the cookie");
+    assert!(
+        session_cookie(&client).is_none(),
+        "logout clears the cookie"
+    );
     assert_eq!(client.get("/users/list/").await.status(), 303);
 
     let events: Vec<String> = server
@@ -150,13 +205,30 @@ async fn failed_logins_look_alike_and_are_counted(backend: Backend) {
     }
     assert!(session_cookie(&client).is_none());
 
-    let admin_user = server.store.user_by_login(ADMIN_USERNAME).await.unwrap().unwrap();
+    let admin_user = server
+        .store
+        .user_by_login(ADMIN_USERNAME)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(admin_user.fail_login_count, 1);
-    let failures = server.store.recent_audit(10, Some("user.failed_login")).await.unwrap();
+    let failures = server
+        .store
+        .recent_audit(10, Some("user.failed_login"))
+        .await
+        .unwrap();
     assert_eq!(failures.len(), 3);
     // The successful login resets the counter, as Flask-AppBuilder does.
-    assert_eq!(client.login(ADMIN_USERNAME, ADMIN_PASSWORD).await.status(), 303);
-    let admin_user = server.store.user_by_login(ADMIN_USERNAME).await.unwrap().unwrap();
+    assert_eq!(
+        client.login(ADMIN_USERNAME, ADMIN_PASSWORD).await.status(),
+        303
+    );
+    let admin_user = server
+        .store
+        .user_by_login(ADMIN_USERNAME)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(admin_user.fail_login_count, 0);
 }
 
@@ -179,11 +251,18 @@ async fn session_idle_and_absolute_expiry(backend: Backend) {
     server.clock.advance(Duration::minutes(7));
     let response = client.get("/users/list/").await;
     assert_eq!(response.status(), 303, "absolute lifetime over");
-    assert!(session_cookie(&client).is_none(), "a dead session's cookie is cleared");
+    assert!(
+        session_cookie(&client).is_none(),
+        "a dead session's cookie is cleared"
+    );
 
     let client = server.admin_client().await;
     server.clock.advance(Duration::minutes(10));
-    assert_eq!(client.get("/users/list/").await.status(), 303, "idle for the whole timeout");
+    assert_eq!(
+        client.get("/users/list/").await.status(),
+        303,
+        "idle for the whole timeout"
+    );
 }
 
 async fn session_id_changes_at_login(backend: Backend) {
@@ -201,7 +280,15 @@ async fn session_id_changes_at_login(backend: Backend) {
     // Only the hash is stored, never the cookie value.
     let records = server
         .sessions
-        .list_for_user(server.store.user_by_login(ADMIN_USERNAME).await.unwrap().unwrap().id)
+        .list_for_user(
+            server
+                .store
+                .user_by_login(ADMIN_USERNAME)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        )
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -215,7 +302,14 @@ async fn forged_and_tampered_cookies_are_refused(backend: Backend) {
     let mut tampered = genuine.clone().into_bytes();
     tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for forged in [tampered.as_str(), "admin", "", &"A".repeat(43), "../../etc/passwd", &"x".repeat(5000)] {
+    for forged in [
+        tampered.as_str(),
+        "admin",
+        "",
+        &"A".repeat(43),
+        "../../etc/passwd",
+        &"x".repeat(5000),
+    ] {
         let attacker = server.client();
         attacker.set_cookie("fab_session", forged);
         let response = attacker.get("/users/list/").await;
@@ -236,9 +330,21 @@ async fn revocation_by_every_web_path(backend: Backend) {
     let erin = server.client();
     assert_eq!(erin.login("erin", USER_PASSWORD).await.status(), 303);
     assert_eq!(erin.get("/users/list/").await.status(), 200);
-    assert_eq!(admin.post_form(&format!("/users/disable/{id}"), &[]).await.status(), 303);
+    assert_eq!(
+        admin
+            .post_form(&format!("/users/disable/{id}"), &[])
+            .await
+            .status(),
+        303
+    );
     assert_eq!(erin.get("/users/list/").await.status(), 303);
-    assert_eq!(admin.post_form(&format!("/users/enable/{id}"), &[]).await.status(), 303);
+    assert_eq!(
+        admin
+            .post_form(&format!("/users/enable/{id}"), &[])
+            .await
+            .status(),
+        303
+    );
 
     // An administrator's password reset ends them.
     let erin = server.client();
@@ -257,7 +363,9 @@ async fn revocation_by_every_web_path(backend: Backend) {
     // "End all sessions" ends them.
     let erin = server.client();
     assert_eq!(erin.login("erin", new_password).await.status(), 303);
-    let cleared = admin.post_form(&format!("/users/clearsessions/{id}"), &[]).await;
+    let cleared = admin
+        .post_form(&format!("/users/clearsessions/{id}"), &[])
+        .await;
     assert_eq!(cleared.status(), 303);
     assert_eq!(erin.get("/users/list/").await.status(), 303);
 
@@ -270,7 +378,11 @@ async fn revocation_by_every_web_path(backend: Backend) {
     let changed = laptop
         .post_form(
             "/resetmypassword/form",
-            &[("current_password", new_password), ("password", third), ("conf_password", third)],
+            &[
+                ("current_password", new_password),
+                ("password", third),
+                ("conf_password", third),
+            ],
         )
         .await;
     assert_eq!(changed.status(), 303);
@@ -278,7 +390,11 @@ async fn revocation_by_every_web_path(backend: Backend) {
     assert_eq!(phone.get("/users/list/").await.status(), 303);
 
     // The store path used by `fab clear-sessions` ends them too.
-    let ended = server.sessions.delete_for_user(fab_core::user::UserId(id)).await.unwrap();
+    let ended = server
+        .sessions
+        .delete_for_user(fab_core::user::UserId(id))
+        .await
+        .unwrap();
     assert_eq!(ended, 1);
     assert_eq!(laptop.get("/users/list/").await.status(), 303);
 
@@ -290,15 +406,22 @@ async fn revocation_by_every_web_path(backend: Backend) {
         .into_iter()
         .map(|e| e.event.kind.name().to_owned())
         .collect();
-    for kind in ["admin.user_create", "admin.user_disable", "admin.user_enable", "admin.password_reset", "admin.session_revoke", "user.password_change"] {
+    for kind in [
+        "admin.user_create",
+        "admin.user_disable",
+        "admin.user_enable",
+        "admin.password_reset",
+        "admin.session_revoke",
+        "user.password_change",
+    ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} audited: {kinds:?}");
     }
 }
 
-/// Every admin route, with a method and a body-less request that reaches its access check.
+/// Every admin route the Viewer role does not grant, with a method and a request that reaches its
+/// access check.
 fn admin_routes(user_id: i64, role_id: i64) -> Vec<(&'static str, String)> {
     vec![
-        ("GET", "/users/list/".into()),
         ("GET", format!("/users/show/{user_id}")),
         ("GET", "/users/add/".into()),
         ("POST", "/users/add/".into()),
@@ -337,7 +460,14 @@ async fn every_admin_route_checks_permissions(backend: Backend) {
     viewer_role(&server, &admin).await;
     let victim = create_user(&server, &admin, "victim", &["Admin"]).await;
     create_user(&server, &admin, "viewer", &["Viewer"]).await;
-    let role_id = server.store.role_by_name("Admin").await.unwrap().unwrap().id.0;
+    let role_id = server
+        .store
+        .role_by_name("Admin")
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+        .0;
 
     let anonymous = server.client();
     let viewer = server.client();
@@ -350,14 +480,22 @@ async fn every_admin_route_checks_permissions(backend: Backend) {
         assert_eq!(response.status(), 403, "viewer {method} {path}");
     }
     // What the viewer's role grants works, and the navigation shows only that.
+    assert_eq!(anonymous.get("/users/list/").await.status(), 303);
+    assert_eq!(anonymous.get("/api/v1/security/users/").await.status(), 401);
+    assert_eq!(viewer.get("/api/v1/security/users/").await.status(), 200);
     let list = viewer.get("/users/list/").await;
     assert_eq!(list.status(), 200);
     let html = list.text().await.unwrap();
-    assert!(html.contains(r#"href="/users/list/""#));
-    assert!(!html.contains(r#"href="/roles/list/""#));
+    assert!(html.contains(">Users</a>"), "the Users entry shows: {html}");
+    assert!(!html.contains(">Roles</a>"), "the Roles entry does not");
     assert!(!html.contains("Add user"));
     // Nothing the viewer tried changed anything.
-    let victim_user = server.store.user_by_id(fab_core::user::UserId(victim)).await.unwrap().unwrap();
+    let victim_user = server
+        .store
+        .user_by_id(fab_core::user::UserId(victim))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(victim_user.active);
     assert!(server.store.role_by_name("x").await.unwrap().is_none());
 }
@@ -373,22 +511,43 @@ async fn cross_site_posts_are_refused(backend: Backend) {
         vec![("origin", "http://evil.example")],
         vec![("origin", "null")],
     ] {
-        let response = admin.post_form_with(&format!("/users/disable/{id}"), &[], &headers).await;
+        let response = admin
+            .post_form_with(&format!("/users/disable/{id}"), &[], &headers)
+            .await;
         assert_eq!(response.status(), 403, "{headers:?}");
-        assert!(response.text().await.unwrap().contains("Cross-site request refused"));
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .contains("Cross-site request refused")
+        );
     }
-    let frank = server.store.user_by_id(fab_core::user::UserId(id)).await.unwrap().unwrap();
+    let frank = server
+        .store
+        .user_by_id(fab_core::user::UserId(id))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(frank.active, "no cross-site post took effect");
     // Login CSRF is refused too.
     let victim = server.client();
     let response = victim
-        .post_form_with("/login/", &[("username", "frank"), ("password", USER_PASSWORD)], &[("sec-fetch-site", "cross-site")])
+        .post_form_with(
+            "/login/",
+            &[("username", "frank"), ("password", USER_PASSWORD)],
+            &[("sec-fetch-site", "cross-site")],
+        )
         .await;
     assert_eq!(response.status(), 403);
     // A same-origin post with a matching Origin passes.
     let origin = format!("http://{host}");
     let response = admin
-        .post_form_with(&format!("/users/disable/{id}"), &[], &[("origin", origin.as_str())])
+        .post_form_with(
+            &format!("/users/disable/{id}"),
+            &[],
+            &[("origin", origin.as_str())],
+        )
         .await;
     assert_eq!(response.status(), 303);
 }
@@ -400,10 +559,17 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     let api = server.client();
 
     let bad = api
-        .post_json("/api/v1/security/login", &json!({"username": "gina", "password": "nope", "provider": "db"}), &[])
+        .post_json(
+            "/api/v1/security/login",
+            &json!({"username": "gina", "password": "nope", "provider": "db"}),
+            &[],
+        )
         .await;
     assert_eq!(bad.status(), 401);
-    assert_eq!(bad.json::<Value>().await.unwrap(), json!({"message": "Not authorized"}));
+    assert_eq!(
+        bad.json::<Value>().await.unwrap(),
+        json!({"message": "Not authorized"})
+    );
 
     let response = api
         .post_json(
@@ -417,30 +583,75 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {access}");
-    let me = api.send(reqwest::Method::GET, "/api/v1/security/me", &[("authorization", &bearer)], None).await;
+    let me = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/me",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
     assert_eq!(me.status(), 200);
-    assert_eq!(me.json::<Value>().await.unwrap()["result"]["username"], "gina");
-    let users = api.send(reqwest::Method::GET, "/api/v1/security/users/?search=gin", &[("authorization", &bearer)], None).await;
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["result"]["username"],
+        "gina"
+    );
+    let users = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/users/?search=gin",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
     assert_eq!(users.status(), 200);
     assert_eq!(users.json::<Value>().await.unwrap()["count"], 1);
 
     // A refresh token is not an access token, and a forged signature is nothing.
     let as_access = format!("Bearer {refresh}");
-    let response = api.send(reqwest::Method::GET, "/api/v1/security/me", &[("authorization", &as_access)], None).await;
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/me",
+            &[("authorization", &as_access)],
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 401);
     let mut forged = access.clone();
     forged.pop();
     forged.push(if access.ends_with('A') { 'B' } else { 'A' });
     let forged = format!("Bearer {forged}");
-    let response = api.send(reqwest::Method::GET, "/api/v1/security/me", &[("authorization", &forged)], None).await;
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/me",
+            &[("authorization", &forged)],
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 401);
 
-    let refreshed = api.send(reqwest::Method::POST, "/api/v1/security/refresh", &[("authorization", &as_access)], None).await;
+    let refreshed = api
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/security/refresh",
+            &[("authorization", &as_access)],
+            None,
+        )
+        .await;
     assert_eq!(refreshed.status(), 200);
 
     // Access tokens expire after 15 minutes.
     server.clock.advance(Duration::minutes(15));
-    let response = api.send(reqwest::Method::GET, "/api/v1/security/me", &[("authorization", &bearer)], None).await;
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/me",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 401);
 
     // A disabled user's tokens stop working at once.
@@ -452,10 +663,30 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
         .unwrap();
     let bearer = format!("Bearer {}", fresh["access_token"].as_str().unwrap());
     let refresh = format!("Bearer {}", fresh["refresh_token"].as_str().unwrap());
-    assert_eq!(admin.post_form(&format!("/users/disable/{id}"), &[]).await.status(), 303);
-    let response = api.send(reqwest::Method::GET, "/api/v1/security/me", &[("authorization", &bearer)], None).await;
+    assert_eq!(
+        admin
+            .post_form(&format!("/users/disable/{id}"), &[])
+            .await
+            .status(),
+        303
+    );
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/security/me",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 401);
-    let response = api.send(reqwest::Method::POST, "/api/v1/security/refresh", &[("authorization", &refresh)], None).await;
+    let response = api
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/security/refresh",
+            &[("authorization", &refresh)],
+            None,
+        )
+        .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -464,19 +695,78 @@ async fn malformed_requests_get_clear_4xx(backend: Backend) {
     let admin = server.admin_client().await;
     let api = server.client();
     let cases: Vec<(reqwest::Response, u16)> = vec![
-        (api.send(reqwest::Method::POST, "/api/v1/security/login", &[], Some(("application/json", b"{not json".to_vec()))).await, 400),
-        (api.post_json("/api/v1/security/login", &json!({"username": 5}), &[]).await, 400),
-        (api.post_json("/api/v1/security/login", &json!({"username": "a", "password": "b", "provider": "ldap"}), &[]).await, 400),
-        (api.post_json("/api/v1/security/login", &json!({}), &[]).await, 400),
+        (
+            api.send(
+                reqwest::Method::POST,
+                "/api/v1/security/login",
+                &[],
+                Some(("application/json", b"{not json".to_vec())),
+            )
+            .await,
+            400,
+        ),
+        (
+            api.post_json("/api/v1/security/login", &json!({"username": 5}), &[])
+                .await,
+            400,
+        ),
+        (
+            api.post_json(
+                "/api/v1/security/login",
+                &json!({"username": "a", "password": "b", "provider": "ldap"}),
+                &[],
+            )
+            .await,
+            400,
+        ),
+        (
+            api.post_json("/api/v1/security/login", &json!({}), &[])
+                .await,
+            400,
+        ),
         (admin.get("/users/show/not-a-number").await, 404),
         (admin.get("/users/show/999999").await, 404),
         (admin.get("/users/list/?page=abc").await, 400),
         (admin.get("/no/such/page").await, 404),
         (api.get("/api/v1/no/such/thing").await, 404),
-        (admin.post_form("/roles/edit/1", &[("permissions", "DROP TABLE")]).await, 400),
-        (admin.send(reqwest::Method::POST, "/users/add/", &[("sec-fetch-site", "same-origin")], Some(("text/plain", b"x".to_vec()))).await, 400),
-        (admin.send(reqwest::Method::POST, "/users/add/", &[("sec-fetch-site", "same-origin")], Some(("application/x-www-form-urlencoded", vec![b'a'; 200_000]))).await, 413),
-        (api.send(reqwest::Method::POST, "/api/v1/security/login", &[], Some(("application/json", vec![b' '; 200_000]))).await, 413),
+        (
+            admin
+                .post_form("/roles/edit/1", &[("permissions", "DROP TABLE")])
+                .await,
+            400,
+        ),
+        (
+            admin
+                .send(
+                    reqwest::Method::POST,
+                    "/users/add/",
+                    &[("sec-fetch-site", "same-origin")],
+                    Some(("text/plain", b"x".to_vec())),
+                )
+                .await,
+            400,
+        ),
+        (
+            admin
+                .send(
+                    reqwest::Method::POST,
+                    "/users/add/",
+                    &[("sec-fetch-site", "same-origin")],
+                    Some(("application/x-www-form-urlencoded", vec![b'a'; 200_000])),
+                )
+                .await,
+            413,
+        ),
+        (
+            api.send(
+                reqwest::Method::POST,
+                "/api/v1/security/login",
+                &[],
+                Some(("application/json", vec![b' '; 200_000])),
+            )
+            .await,
+            413,
+        ),
     ];
     for (i, (response, expected)) in cases.into_iter().enumerate() {
         let status = response.status().as_u16();
@@ -515,32 +805,80 @@ async fn user_administration_keeps_input_and_refuses_duplicates(backend: Backend
     let response = admin
         .post_form(
             "/users/add/",
-            &[("first_name", "<script>alert(1)</script>"), ("last_name", "X"), ("username", "bad name"), ("email", "nope"), ("password", "short"), ("conf_password", "other")],
+            &[
+                ("first_name", "<script>alert(1)</script>"),
+                ("last_name", "X"),
+                ("username", "bad name"),
+                ("email", "nope"),
+                ("password", "short"),
+                ("conf_password", "other"),
+            ],
         )
         .await;
     assert_eq!(response.status(), 422);
     let html = response.text().await.unwrap();
     assert!(!html.contains("<script>alert(1)</script>"), "escaped");
     assert!(html.contains("&lt;script&gt;"));
-    for message in ["only letters", "not a valid email", "at least 12", "must match"] {
+    for message in [
+        "only letters",
+        "not a valid email",
+        "at least 12",
+        "must match",
+    ] {
         assert!(html.contains(message), "{message}");
     }
 
     // The last active admin cannot lock the instance out.
-    let me = server.store.user_by_login(ADMIN_USERNAME).await.unwrap().unwrap();
-    let response = admin.post_form(&format!("/users/disable/{}", me.id), &[]).await;
+    let me = server
+        .store
+        .user_by_login(ADMIN_USERNAME)
+        .await
+        .unwrap()
+        .unwrap();
+    let response = admin
+        .post_form(&format!("/users/disable/{}", me.id), &[])
+        .await;
     assert_eq!(response.status(), 409);
-    let response = admin.post_form(&format!("/users/delete/{}", me.id), &[]).await;
+    let response = admin
+        .post_form(&format!("/users/delete/{}", me.id), &[])
+        .await;
     assert_eq!(response.status(), 409);
-    assert!(server.store.user_by_id(me.id).await.unwrap().unwrap().active);
+    assert!(
+        server
+            .store
+            .user_by_id(me.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
 
     // Search and delete.
-    let list = admin.get("/users/list/?search=han").await.text().await.unwrap();
+    let list = admin
+        .get("/users/list/?search=han")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(list.contains("hank") && !list.contains(r#">admin<"#));
     let hank = server.store.user_by_login("hank").await.unwrap().unwrap();
-    assert_eq!(admin.post_form(&format!("/users/delete/{}", hank.id), &[]).await.status(), 303);
+    assert_eq!(
+        admin
+            .post_form(&format!("/users/delete/{}", hank.id), &[])
+            .await
+            .status(),
+        303
+    );
     assert!(server.store.user_by_id(hank.id).await.unwrap().is_none());
-    assert_eq!(server.store.recent_audit(5, Some("admin.user_delete")).await.unwrap().len(), 1);
+    assert_eq!(
+        server
+            .store
+            .recent_audit(5, Some("admin.user_delete"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn health_endpoints(backend: Backend) {
@@ -550,7 +888,10 @@ async fn health_endpoints(backend: Backend) {
     assert_eq!(live.status(), 200);
     let ready = client.get("/health/ready").await;
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["database"], "ok");
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"]["database"],
+        "ok"
+    );
 }
 
 macro_rules! on_every_backend {
@@ -589,9 +930,24 @@ async fn server_runs_under_a_dml_only_postgres_role() {
     let id = create_user(&server, &admin, "ivan", &[PUBLIC_ROLE]).await;
     let ivan = server.client();
     assert_eq!(ivan.login("ivan", USER_PASSWORD).await.status(), 303);
-    assert_eq!(admin.post_form(&format!("/users/disable/{id}"), &[]).await.status(), 303);
-    let response = admin.post_form("/roles/add/", &[("name", "Auditors")]).await;
+    assert_eq!(
+        admin
+            .post_form(&format!("/users/disable/{id}"), &[])
+            .await
+            .status(),
+        303
+    );
+    let response = admin
+        .post_form("/roles/add/", &[("name", "Auditors")])
+        .await;
     assert_eq!(response.status(), 303);
-    assert!(server.store.role_by_name("Auditors").await.unwrap().is_some());
+    assert!(
+        server
+            .store
+            .role_by_name("Auditors")
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(admin.post_form("/logout/", &[]).await.status(), 303);
 }

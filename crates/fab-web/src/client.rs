@@ -6,8 +6,8 @@
 //! is audited and limited under.
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use fab_core::audit::RequestOrigin;
@@ -54,6 +54,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        Ok(parts.extensions.get::<ClientInfo>().cloned().unwrap_or_default())
+        Ok(parts
+            .extensions
+            .get::<ClientInfo>()
+            .cloned()
+            .unwrap_or_default())
     }
 }

@@ -30,7 +30,10 @@ pub(crate) async fn refuse_cross_site(request: Request, next: Next) -> Response 
 }
 
 fn is_safe(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn same_origin(headers: &HeaderMap) -> bool {
@@ -88,9 +91,18 @@ mod tests {
 
     #[test]
     fn origin_must_match_host() {
-        assert!(same_origin(&headers(&[("origin", "http://app.test:8080"), ("host", "app.test:8080")])));
-        assert!(!same_origin(&headers(&[("origin", "http://evil.test"), ("host", "app.test")])));
-        assert!(!same_origin(&headers(&[("origin", "null"), ("host", "app.test")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://app.test:8080"),
+            ("host", "app.test:8080")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "http://evil.test"),
+            ("host", "app.test")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "null"),
+            ("host", "app.test")
+        ])));
         assert!(!same_origin(&headers(&[("origin", "http://app.test")])));
     }
 

@@ -85,9 +85,9 @@ impl Failure {
             Failure::Forbidden => "Access is denied".into(),
             Failure::NotFound => "Not found".into(),
             Failure::TooLarge => "Request body too large".into(),
-            Failure::BadRequest(message) | Failure::Conflict(message) | Failure::Refused(message) => {
-                message.clone()
-            }
+            Failure::BadRequest(message)
+            | Failure::Conflict(message)
+            | Failure::Refused(message) => message.clone(),
             Failure::Invalid(errors) => errors
                 .iter()
                 .map(ToString::to_string)
@@ -160,15 +160,21 @@ impl IntoResponse for ApiError {
         if let Failure::Invalid(errors) = &self.0 {
             let fields: serde_json::Map<String, serde_json::Value> = errors
                 .iter()
-                .map(|e| (e.field.clone(), serde_json::Value::String(e.message.clone())))
+                .map(|e| {
+                    (
+                        e.field.clone(),
+                        serde_json::Value::String(e.message.clone()),
+                    )
+                })
                 .collect();
             body["errors"] = serde_json::Value::Object(fields);
         }
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }

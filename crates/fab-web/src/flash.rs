@@ -15,7 +15,10 @@ use subtle::ConstantTimeEq;
 const COOKIE: &str = "fab_flash";
 
 fn sign(state: &AppState, payload: &str) -> String {
-    #[allow(clippy::expect_used, reason = "HMAC-SHA256 accepts keys of every length")]
+    #[allow(
+        clippy::expect_used,
+        reason = "HMAC-SHA256 accepts keys of every length"
+    )]
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(state.flash_key.expose().as_bytes())
         .expect("HMAC accepts any key length");
     mac.update(payload.as_bytes());
@@ -29,7 +32,11 @@ pub(crate) fn redirect_with(state: &AppState, to: &str, message: &str) -> Respon
     let mut response = Redirect::to(to).into_response();
     if let Ok(cookie) = HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax{}",
-        if state.parts.config.session.cookie_secure { "; Secure" } else { "" }
+        if state.parts.config.session.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        }
     )) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -52,7 +59,11 @@ pub(crate) fn read(state: &AppState, headers: &HeaderMap) -> Option<String> {
 pub(crate) fn clear(state: &AppState) -> HeaderValue {
     HeaderValue::from_str(&format!(
         "{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-        if state.parts.config.session.cookie_secure { "; Secure" } else { "" }
+        if state.parts.config.session.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        }
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }

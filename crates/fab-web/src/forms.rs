@@ -18,7 +18,9 @@ pub(crate) struct FormData {
 impl FormData {
     /// The first value of `name`, trimmed; empty string when absent.
     pub(crate) fn text(&self, name: &str) -> String {
-        self.raw(name).map(|v| v.trim().to_owned()).unwrap_or_default()
+        self.raw(name)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
     }
 
     /// The first value of `name` exactly as sent (passwords are not trimmed).

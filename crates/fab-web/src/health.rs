@@ -30,7 +30,11 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
         Err(_) => "timeout",
     };
     let ready = database == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({

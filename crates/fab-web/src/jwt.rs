@@ -80,7 +80,12 @@ impl JwtKeys {
 
     /// The claims of a valid token of `expected` type at `now`; None for anything else
     /// (bad signature, other algorithm, expired, wrong type, malformed).
-    pub(crate) fn verify(&self, token: &str, expected: TokenType, now: DateTime<Utc>) -> Option<(UserId, Claims)> {
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        expected: TokenType,
+        now: DateTime<Utc>,
+    ) -> Option<(UserId, Claims)> {
         let mut validation = Validation::new(Algorithm::HS256);
         // Expiry is checked below against fab's clock.
         validation.validate_exp = false;
@@ -112,19 +117,37 @@ mod tests {
     #[test]
     fn token_round_trip_and_expiry() {
         let token = keys()
-            .issue(UserId(7), TokenType::Access, true, now(), Duration::minutes(15), "j".into())
+            .issue(
+                UserId(7),
+                TokenType::Access,
+                true,
+                now(),
+                Duration::minutes(15),
+                "j".into(),
+            )
             .unwrap();
         let (user, _) = keys().verify(&token, TokenType::Access, now()).unwrap();
         assert_eq!(user, UserId(7));
         assert!(keys().verify(&token, TokenType::Refresh, now()).is_none());
-        assert!(keys().verify(&token, TokenType::Access, now() + Duration::minutes(15)).is_none());
+        assert!(
+            keys()
+                .verify(&token, TokenType::Access, now() + Duration::minutes(15))
+                .is_none()
+        );
     }
 
     #[test]
     fn token_signed_with_another_key_is_refused() {
         let other = JwtKeys::new(&Secret::new("o".repeat(40))).unwrap();
         let token = other
-            .issue(UserId(1), TokenType::Access, true, now(), Duration::minutes(15), "j".into())
+            .issue(
+                UserId(1),
+                TokenType::Access,
+                true,
+                now(),
+                Duration::minutes(15),
+                "j".into(),
+            )
             .unwrap();
         assert!(keys().verify(&token, TokenType::Access, now()).is_none());
     }

@@ -101,7 +101,10 @@ pub(crate) async fn authenticate(
         .on(target)
         .from_origin(client.origin())
         .with_detail(serde_json::json!({ "method": method }));
-    parts.store.record_login_success(user.id, now, &event).await?;
+    parts
+        .store
+        .record_login_success(user.id, now, &event)
+        .await?;
     Ok(Some(user))
 }
 
@@ -123,7 +126,11 @@ pub(crate) async fn hash_new_password(
     password: &Secret,
     context: &[&str],
 ) -> Result<Secret, Failure> {
-    state.parts.config.password_policy.check(password, context)?;
+    state
+        .parts
+        .config
+        .password_policy
+        .check(password, context)?;
     let hasher = state.parts.hasher.clone();
     let rng = state.parts.rng.clone();
     let password = password.clone();

@@ -143,15 +143,20 @@ pub(crate) async fn resolve_principal(
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
     if clear && !response.headers().contains_key(header::SET_COOKIE) {
-        response
-            .headers_mut()
-            .append(header::SET_COOKIE, clear_cookie(&state.parts.config.session));
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            clear_cookie(&state.parts.config.session),
+        );
     }
     response
 }
 
 async fn anonymous(state: &AppState) -> Result<Principal, crate::error::Failure> {
-    let permissions = state.parts.store.permissions_of_role_name(PUBLIC_ROLE).await?;
+    let permissions = state
+        .parts
+        .store
+        .permissions_of_role_name(PUBLIC_ROLE)
+        .await?;
     Ok(Principal::Anonymous {
         permissions: Arc::new(permissions),
     })
@@ -171,11 +176,13 @@ async fn resolve(
             return Ok(Resolved::Nothing);
         };
         let permissions = permissions_of(state, &user).await?;
-        return Ok(Resolved::Principal(Principal::User(Arc::new(AuthenticatedUser {
-            user,
-            permissions,
-            credential: Credential::Token,
-        }))));
+        return Ok(Resolved::Principal(Principal::User(Arc::new(
+            AuthenticatedUser {
+                user,
+                permissions,
+                credential: Credential::Token,
+            },
+        ))));
     }
 
     let settings = &parts.config.session;
@@ -215,11 +222,13 @@ async fn resolve(
         }));
     }
     let permissions = permissions_of(state, &user).await?;
-    Ok(Resolved::Principal(Principal::User(Arc::new(AuthenticatedUser {
-        user,
-        permissions,
-        credential: Credential::Session(id_hash),
-    }))))
+    Ok(Resolved::Principal(Principal::User(Arc::new(
+        AuthenticatedUser {
+            user,
+            permissions,
+            credential: Credential::Session(id_hash),
+        },
+    ))))
 }
 
 /// The user behind a token issued at `issued_at`, if the token may still be used: the user exists,
@@ -235,13 +244,19 @@ pub(crate) async fn usable_token_user(
     if !user.active {
         return Ok(None);
     }
-    if user.changed_on.is_some_and(|changed| changed.timestamp() > issued_at) {
+    if user
+        .changed_on
+        .is_some_and(|changed| changed.timestamp() > issued_at)
+    {
         return Ok(None);
     }
     Ok(Some(user))
 }
 
-async fn permissions_of(state: &AppState, user: &User) -> Result<PermissionSet, crate::error::Failure> {
+async fn permissions_of(
+    state: &AppState,
+    user: &User,
+) -> Result<PermissionSet, crate::error::Failure> {
     let roles: Vec<_> = user.roles.iter().map(|r| r.id).collect();
     Ok(state.parts.store.permissions_of_roles(&roles).await?)
 }

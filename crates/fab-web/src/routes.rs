@@ -92,37 +92,141 @@ pub(crate) fn table() -> Vec<Route> {
     use views::*;
     vec![
         route("/", Access::Anyone, get(pages::auth::index)),
-        route("/login/", Access::Anyone, get(pages::auth::login_form).post(pages::auth::login)),
-        route("/logout/", Access::Anyone, get(pages::auth::logout_form).post(pages::auth::logout)),
-        route("/users/list/", grant("can_list", USERS), get(pages::users::list)),
-        route("/users/show/{id}", grant("can_show", USERS), get(pages::users::show)),
-        route("/users/add/", grant("can_add", USERS), get(pages::users::add_form).post(pages::users::add)),
-        route("/users/edit/{id}", grant("can_edit", USERS), get(pages::users::edit_form).post(pages::users::edit)),
-        route("/users/delete/{id}", grant("can_delete", USERS), post(pages::users::delete)),
-        route("/users/disable/{id}", grant("can_edit", USERS), post(pages::users::disable)),
-        route("/users/enable/{id}", grant("can_edit", USERS), post(pages::users::enable)),
-        route("/users/clearsessions/{id}", grant("can_edit", USERS), post(pages::users::clear_sessions)),
+        route(
+            "/login/",
+            Access::Anyone,
+            get(pages::auth::login_form).post(pages::auth::login),
+        ),
+        route(
+            "/logout/",
+            Access::Anyone,
+            get(pages::auth::logout_form).post(pages::auth::logout),
+        ),
+        route(
+            "/users/list/",
+            grant("can_list", USERS),
+            get(pages::users::list),
+        ),
+        route(
+            "/users/show/{id}",
+            grant("can_show", USERS),
+            get(pages::users::show),
+        ),
+        route(
+            "/users/add/",
+            grant("can_add", USERS),
+            get(pages::users::add_form).post(pages::users::add),
+        ),
+        route(
+            "/users/edit/{id}",
+            grant("can_edit", USERS),
+            get(pages::users::edit_form).post(pages::users::edit),
+        ),
+        route(
+            "/users/delete/{id}",
+            grant("can_delete", USERS),
+            post(pages::users::delete),
+        ),
+        route(
+            "/users/disable/{id}",
+            grant("can_edit", USERS),
+            post(pages::users::disable),
+        ),
+        route(
+            "/users/enable/{id}",
+            grant("can_edit", USERS),
+            post(pages::users::enable),
+        ),
+        route(
+            "/users/clearsessions/{id}",
+            grant("can_edit", USERS),
+            post(pages::users::clear_sessions),
+        ),
         route(
             "/users/resetpasswords/{id}",
             grant("can_resetpasswords", USERS),
             get(pages::users::reset_password_form).post(pages::users::reset_password),
         ),
-        route("/users/userinfo/", grant("can_userinfo", USERS), get(pages::account::userinfo)),
-        route("/resetmypassword/form", grant("can_this_form_get", RESET_MY_PASSWORD), get(pages::account::reset_my_password_form)),
-        route("/resetmypassword/form", grant("can_this_form_post", RESET_MY_PASSWORD), post(pages::account::reset_my_password)),
-        route("/roles/list/", grant("can_list", ROLES), get(pages::roles::list)),
-        route("/roles/show/{id}", grant("can_show", ROLES), get(pages::roles::show)),
-        route("/roles/add/", grant("can_add", ROLES), get(pages::roles::add_form).post(pages::roles::add)),
-        route("/roles/edit/{id}", grant("can_edit", ROLES), get(pages::roles::edit_form).post(pages::roles::edit)),
-        route("/roles/delete/{id}", grant("can_delete", ROLES), post(pages::roles::delete)),
-        route("/permissions/list/", grant("can_list", PERMISSIONS), get(pages::security::permissions)),
-        route("/viewmenus/list/", grant("can_list", VIEW_MENUS), get(pages::security::view_menus)),
-        route("/permissionviews/list/", grant("can_list", PERMISSION_VIEWS), get(pages::security::permission_views)),
-        route("/api/v1/security/login", Access::Anyone, post(api::security::login)),
-        route("/api/v1/security/refresh", Access::Anyone, post(api::security::refresh)),
-        route("/api/v1/security/me", Access::LoggedIn, get(api::security::me)),
-        route("/api/v1/security/users/", grant("can_list", USERS), get(api::security::list_users)),
-        route("/api/v1/security/users/{id}", grant("can_show", USERS), get(api::security::show_user)),
+        route(
+            "/users/userinfo/",
+            grant("can_userinfo", USERS),
+            get(pages::account::userinfo),
+        ),
+        route(
+            "/resetmypassword/form",
+            grant("can_this_form_get", RESET_MY_PASSWORD),
+            get(pages::account::reset_my_password_form),
+        ),
+        route(
+            "/resetmypassword/form",
+            grant("can_this_form_post", RESET_MY_PASSWORD),
+            post(pages::account::reset_my_password),
+        ),
+        route(
+            "/roles/list/",
+            grant("can_list", ROLES),
+            get(pages::roles::list),
+        ),
+        route(
+            "/roles/show/{id}",
+            grant("can_show", ROLES),
+            get(pages::roles::show),
+        ),
+        route(
+            "/roles/add/",
+            grant("can_add", ROLES),
+            get(pages::roles::add_form).post(pages::roles::add),
+        ),
+        route(
+            "/roles/edit/{id}",
+            grant("can_edit", ROLES),
+            get(pages::roles::edit_form).post(pages::roles::edit),
+        ),
+        route(
+            "/roles/delete/{id}",
+            grant("can_delete", ROLES),
+            post(pages::roles::delete),
+        ),
+        route(
+            "/permissions/list/",
+            grant("can_list", PERMISSIONS),
+            get(pages::security::permissions),
+        ),
+        route(
+            "/viewmenus/list/",
+            grant("can_list", VIEW_MENUS),
+            get(pages::security::view_menus),
+        ),
+        route(
+            "/permissionviews/list/",
+            grant("can_list", PERMISSION_VIEWS),
+            get(pages::security::permission_views),
+        ),
+        route(
+            "/api/v1/security/login",
+            Access::Anyone,
+            post(api::security::login),
+        ),
+        route(
+            "/api/v1/security/refresh",
+            Access::Anyone,
+            post(api::security::refresh),
+        ),
+        route(
+            "/api/v1/security/me",
+            Access::LoggedIn,
+            get(api::security::me),
+        ),
+        route(
+            "/api/v1/security/users/",
+            grant("can_list", USERS),
+            get(api::security::list_users),
+        ),
+        route(
+            "/api/v1/security/users/{id}",
+            grant("can_show", USERS),
+            get(api::security::show_user),
+        ),
         route("/health", Access::Anyone, get(health::live)),
         route("/health/ready", Access::Anyone, get(health::ready)),
         route("/static/{*path}", Access::Anyone, get(pages::assets::serve)),
@@ -137,7 +241,11 @@ pub(crate) fn declared_grants() -> Vec<Grant> {
             Access::Grant(grant) => Some(grant),
             Access::Anyone | Access::LoggedIn => None,
         })
-        .chain(menus::ALL.iter().map(|menu| Grant::new("menu_access", *menu)))
+        .chain(
+            menus::ALL
+                .iter()
+                .map(|menu| Grant::new("menu_access", *menu)),
+        )
         .collect();
     grants.sort();
     grants.dedup();
@@ -157,12 +265,21 @@ pub(crate) fn build(state: AppState) -> Router {
         handler,
     } in table()
     {
-        router = router.route(path, handler.route_layer(middleware::from_fn_with_state(access, enforce)));
+        router = router.route(
+            path,
+            handler.route_layer(middleware::from_fn_with_state(access, enforce)),
+        );
     }
     router
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), pages::render_error_pages))
-        .layer(middleware::from_fn_with_state(state.clone(), crate::principal::resolve_principal))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            pages::render_error_pages,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::principal::resolve_principal,
+        ))
         .layer(middleware::from_fn(csrf::refuse_cross_site))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(client::attach_client_info))
@@ -176,10 +293,7 @@ async fn not_found(request: Request) -> Response {
 
 /// The per-route access check.
 async fn enforce(State(access): State<Access>, request: Request, next: Next) -> Response {
-    let principal = request
-        .extensions()
-        .get::<Principal>()
-        .cloned();
+    let principal = request.extensions().get::<Principal>().cloned();
     let allowed = match (&access, &principal) {
         (Access::Anyone, _) => true,
         (Access::LoggedIn, Some(p)) => p.user().is_some(),
@@ -214,10 +328,19 @@ mod tests {
             let open = matches!(route.access, Access::Anyone);
             let public_path = matches!(
                 route.path,
-                "/" | "/login/" | "/logout/" | "/api/v1/security/login" | "/api/v1/security/refresh"
-                    | "/health" | "/health/ready" | "/static/{*path}"
+                "/" | "/login/"
+                    | "/logout/"
+                    | "/api/v1/security/login"
+                    | "/api/v1/security/refresh"
+                    | "/health"
+                    | "/health/ready"
+                    | "/static/{*path}"
             );
-            assert_eq!(open, public_path, "{} has unexpected access {:?}", route.path, route.access);
+            assert_eq!(
+                open, public_path,
+                "{} has unexpected access {:?}",
+                route.path, route.access
+            );
         }
     }
 
@@ -231,7 +354,10 @@ mod tests {
             ("can_this_form_post", "ResetMyPasswordView"),
             ("menu_access", "List Users"),
         ] {
-            assert!(grants.contains(&Grant::new(permission, view)), "{permission} on {view}");
+            assert!(
+                grants.contains(&Grant::new(permission, view)),
+                "{permission} on {view}"
+            );
         }
     }
 }

@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn finds_the_named_cookie_among_others() {
         let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; fab_session=tok; b=2"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; fab_session=tok; b=2"),
+        );
         assert_eq!(read_cookie(&headers, "fab_session"), Some("tok"));
         assert_eq!(read_cookie(&headers, "fab"), None);
     }

@@ -2,8 +2,8 @@
 //! SECRET_KEY.
 
 use crate::AppParts;
-use crate::jwt::JwtKeys;
 use crate::SetupError;
+use crate::jwt::JwtKeys;
 use crate::templates::Templates;
 use fab_core::secret::Secret;
 use hmac::Mac;
@@ -46,7 +46,10 @@ impl AppState {
 
 /// HMAC-SHA256(SECRET_KEY, purpose), hex: one independent key per purpose.
 pub(crate) fn derive_key(secret: &Secret, purpose: &str) -> Secret {
-    #[allow(clippy::expect_used, reason = "HMAC-SHA256 accepts keys of every length")]
+    #[allow(
+        clippy::expect_used,
+        reason = "HMAC-SHA256 accepts keys of every length"
+    )]
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC accepts any key length");
     mac.update(purpose.as_bytes());

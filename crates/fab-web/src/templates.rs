@@ -19,15 +19,42 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("login.html", include_str!("../templates/login.html")),
     ("logout.html", include_str!("../templates/logout.html")),
     ("error.html", include_str!("../templates/error.html")),
-    ("users/list.html", include_str!("../templates/users/list.html")),
-    ("users/form.html", include_str!("../templates/users/form.html")),
-    ("users/show.html", include_str!("../templates/users/show.html")),
-    ("users/reset_password.html", include_str!("../templates/users/reset_password.html")),
-    ("users/userinfo.html", include_str!("../templates/users/userinfo.html")),
-    ("roles/list.html", include_str!("../templates/roles/list.html")),
-    ("roles/form.html", include_str!("../templates/roles/form.html")),
-    ("roles/show.html", include_str!("../templates/roles/show.html")),
-    ("security/list.html", include_str!("../templates/security/list.html")),
+    (
+        "users/list.html",
+        include_str!("../templates/users/list.html"),
+    ),
+    (
+        "users/form.html",
+        include_str!("../templates/users/form.html"),
+    ),
+    (
+        "users/show.html",
+        include_str!("../templates/users/show.html"),
+    ),
+    (
+        "users/reset_password.html",
+        include_str!("../templates/users/reset_password.html"),
+    ),
+    (
+        "users/userinfo.html",
+        include_str!("../templates/users/userinfo.html"),
+    ),
+    (
+        "roles/list.html",
+        include_str!("../templates/roles/list.html"),
+    ),
+    (
+        "roles/form.html",
+        include_str!("../templates/roles/form.html"),
+    ),
+    (
+        "roles/show.html",
+        include_str!("../templates/roles/show.html"),
+    ),
+    (
+        "security/list.html",
+        include_str!("../templates/security/list.html"),
+    ),
 ];
 
 /// A template override that cannot be used.
@@ -124,11 +151,14 @@ pub(crate) struct ErrorPage {
 
 /// A response for `status` whose body becomes `error.html` (see [`ErrorPage`]).
 pub(crate) fn render_error_page(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, Html(format!(
-        "<!doctype html><title>{0}</title><h1>{0}</h1><p>{1}</p>",
-        status.as_u16(),
-        html_escape(message)
-    )))
+    let mut response = (
+        status,
+        Html(format!(
+            "<!doctype html><title>{0}</title><h1>{0}</h1><p>{1}</p>",
+            status.as_u16(),
+            html_escape(message)
+        )),
+    )
         .into_response();
     response.extensions_mut().insert(ErrorPage {
         message: message.to_owned(),
@@ -171,6 +201,9 @@ mod tests {
 
     #[test]
     fn fallback_escape() {
-        assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#x27;x&#x27;&gt;&amp;");
+        assert_eq!(
+            html_escape("<a href='x'>&"),
+            "&lt;a href=&#x27;x&#x27;&gt;&amp;"
+        );
     }
 }

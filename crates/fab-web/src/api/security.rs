@@ -28,7 +28,12 @@ pub(crate) struct LoginBody {
     refresh: bool,
 }
 
-fn issue(state: &AppState, user: UserId, token_type: TokenType, fresh: bool) -> Result<String, Failure> {
+fn issue(
+    state: &AppState,
+    user: UserId,
+    token_type: TokenType,
+    fresh: bool,
+) -> Result<String, Failure> {
     let parts = &state.parts;
     let ttl = match token_type {
         TokenType::Access => parts.config.jwt_access_ttl,
@@ -36,7 +41,14 @@ fn issue(state: &AppState, user: UserId, token_type: TokenType, fresh: bool) -> 
     };
     state
         .jwt
-        .issue(user, token_type, fresh, parts.clock.now(), ttl, random_token(parts.rng.as_ref(), 16))
+        .issue(
+            user,
+            token_type,
+            fresh,
+            parts.clock.now(),
+            ttl,
+            random_token(parts.rng.as_ref(), 16),
+        )
         .map_err(|e| Failure::Internal(format!("token signing failed: {e}")))
 }
 
@@ -48,12 +60,17 @@ pub(crate) async fn login(
 ) -> Result<Json<Value>, ApiError> {
     let provider = body.provider.as_deref().unwrap_or("db");
     if provider != "db" {
-        return Err(ApiError(Failure::BadRequest(format!("provider `{provider}` is not supported; use \"db\""))));
+        return Err(ApiError(Failure::BadRequest(format!(
+            "provider `{provider}` is not supported; use \"db\""
+        ))));
     }
     let (Some(username), Some(password)) = (body.username, body.password) else {
-        return Err(ApiError(Failure::BadRequest("username and password are required".into())));
+        return Err(ApiError(Failure::BadRequest(
+            "username and password are required".into(),
+        )));
     };
-    let Some(user) = authenticate(&state, &username, Secret::new(password), &client, "api").await? else {
+    let Some(user) = authenticate(&state, &username, Secret::new(password), &client, "api").await?
+    else {
         return Err(ApiError(Failure::Unauthenticated { next: None }));
     };
     let mut answer = json!({ "access_token": issue(&state, user.id, TokenType::Access, true)? });
@@ -64,7 +81,10 @@ pub(crate) async fn login(
 }
 
 /// `POST /api/v1/security/refresh` with `Authorization: Bearer <refresh token>`.
-pub(crate) async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +99,9 @@ pub(crate) async fn refresh(State(state): State<AppState>, headers: HeaderMap) -
     let user = usable_token_user(&state, user_id, claims.iat)
         .await?
         .ok_or(ApiError(Failure::Unauthenticated { next: None }))?;
-    Ok(Json(json!({ "access_token": issue(&state, user.id, TokenType::Access, false)? })))
+    Ok(Json(
+        json!({ "access_token": issue(&state, user.id, TokenType::Access, false)? }),
+    ))
 }
 
 fn user_json(user: &User) -> Value {
@@ -101,7 +123,9 @@ fn user_json(user: &User) -> Value {
 
 /// `GET /api/v1/security/me`.
 pub(crate) async fn me(principal: Principal) -> Result<Json<Value>, ApiError> {
-    let user = principal.user().ok_or(ApiError(Failure::Unauthenticated { next: None }))?;
+    let user = principal
+        .user()
+        .ok_or(ApiError(Failure::Unauthenticated { next: None }))?;
     Ok(Json(json!({ "result": user_json(&user.user) })))
 }
 
@@ -121,7 +145,9 @@ pub(crate) async fn list_users(
     let Query(query) = query.map_err(|e| ApiError(Failure::BadRequest(e.body_text())))?;
     let page_size = query.page_size.unwrap_or(25);
     if !(1..=500).contains(&page_size) {
-        return Err(ApiError(Failure::BadRequest("page_size must be between 1 and 500".into())));
+        return Err(ApiError(Failure::BadRequest(
+            "page_size must be between 1 and 500".into(),
+        )));
     }
     let page = state
         .parts
@@ -140,7 +166,10 @@ pub(crate) async fn list_users(
 }
 
 /// `GET /api/v1/security/users/{id}`.
-pub(crate) async fn show_user(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn show_user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = id.parse::<i64>().map_err(|_| ApiError(Failure::NotFound))?;
     let user = state
         .parts

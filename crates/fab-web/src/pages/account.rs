@@ -35,7 +35,10 @@ pub(crate) async fn userinfo(page: Page) -> Result<Response, PageError> {
 
 /// `GET /resetmypassword/form`.
 pub(crate) async fn reset_my_password_form(page: Page) -> Result<Response, PageError> {
-    page.render("users/reset_password.html", context! { own => true, errors => field_errors(&[]) })
+    page.render(
+        "users/reset_password.html",
+        context! { own => true, errors => field_errors(&[]) },
+    )
 }
 
 /// `POST /resetmypassword/form` with `current_password`, `password`, `conf_password`.
@@ -54,13 +57,20 @@ pub(crate) async fn reset_my_password(
 
     let hasher = parts.hasher.clone();
     let stored = me.password_hash.clone();
-    let current_ok = tokio::task::spawn_blocking(move || hasher.verify(&current, stored.expose()).is_match())
-        .await
-        .map_err(|e| Failure::Internal(format!("password check task failed: {e}")))?;
+    let current_ok =
+        tokio::task::spawn_blocking(move || hasher.verify(&current, stored.expose()).is_match())
+            .await
+            .map_err(|e| Failure::Internal(format!("password check task failed: {e}")))?;
     let result = if !current_ok {
-        Err(Failure::Invalid(vec![ValidationError::new("current_password", "is not your current password")]))
+        Err(Failure::Invalid(vec![ValidationError::new(
+            "current_password",
+            "is not your current password",
+        )]))
     } else if password != confirm {
-        Err(Failure::Invalid(vec![ValidationError::new("conf_password", "passwords must match")]))
+        Err(Failure::Invalid(vec![ValidationError::new(
+            "conf_password",
+            "passwords must match",
+        )]))
     } else {
         hash_new_password(&page.state, &password, &[&me.username, &me.email]).await
     };
@@ -75,8 +85,15 @@ pub(crate) async fn reset_my_password(
         }
         Err(other) => return Err(PageError(other)),
     };
-    let event = page.audit(AuditKind::UserPasswordChange, format!("user:{} {}", me.id, me.username), &client);
-    parts.store.set_password_hash(me.id, &hash, Some(me.id), Some(&event)).await?;
+    let event = page.audit(
+        AuditKind::UserPasswordChange,
+        format!("user:{} {}", me.id, me.username),
+        &client,
+    );
+    parts
+        .store
+        .set_password_hash(me.id, &hash, Some(me.id), Some(&event))
+        .await?;
     parts.sessions.delete_for_user(me.id).await?;
     let token = SessionToken::generate(parts.rng.as_ref());
     let record = parts.config.session.policy.new_record(
@@ -93,8 +110,9 @@ pub(crate) async fn reset_my_password(
         "/users/userinfo/",
         "Your password was changed; your other sessions have ended.",
     );
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&parts.config.session, &token));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&parts.config.session, &token),
+    );
     Ok(response)
 }

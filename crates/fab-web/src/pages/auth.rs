@@ -31,7 +31,10 @@ pub(crate) struct LoginQuery {
 }
 
 /// `GET /login/`.
-pub(crate) async fn login_form(page: Page, Query(query): Query<LoginQuery>) -> Result<Response, PageError> {
+pub(crate) async fn login_form(
+    page: Page,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, PageError> {
     if page.principal.user().is_some() {
         return Ok(Redirect::to(safe_next(query.next.as_deref())).into_response());
     }
@@ -42,7 +45,11 @@ pub(crate) async fn login_form(page: Page, Query(query): Query<LoginQuery>) -> R
 }
 
 /// `POST /login/` with `username`, `password` and optionally `next`.
-pub(crate) async fn login(page: Page, client: ClientInfo, form: FormData) -> Result<Response, PageError> {
+pub(crate) async fn login(
+    page: Page,
+    client: ClientInfo,
+    form: FormData,
+) -> Result<Response, PageError> {
     let username = form.text("username");
     let password = Secret::new(form.raw("password").unwrap_or_default());
     let next = safe_next(Some(&form.text("next"))).to_owned();
@@ -68,9 +75,10 @@ pub(crate) async fn login(page: Page, client: ClientInfo, form: FormData) -> Res
     );
     parts.sessions.create(&record).await?;
     let mut response = Redirect::to(&next).into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&parts.config.session, &token));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&parts.config.session, &token),
+    );
     Ok(response)
 }
 
@@ -96,7 +104,8 @@ pub(crate) async fn logout(page: Page, client: ClientInfo) -> Result<Response, P
             parts.store.record(&event).await?;
         }
     }
-    let mut response = crate::flash::redirect_with(&page.state, "/login/", "You have been logged out.");
+    let mut response =
+        crate::flash::redirect_with(&page.state, "/login/", "You have been logged out.");
     response
         .headers_mut()
         .append(header::SET_COOKIE, clear_cookie(&parts.config.session));
@@ -125,8 +134,18 @@ mod tests {
 
     #[test]
     fn open_redirects_are_refused() {
-        assert_eq!(safe_next(Some("/users/list/?page=2")), "/users/list/?page=2");
-        for evil in ["https://evil.test/", "//evil.test/", "/\\evil.test", "javascript:alert(1)", "/x\r\nSet-Cookie: a", "/login/"] {
+        assert_eq!(
+            safe_next(Some("/users/list/?page=2")),
+            "/users/list/?page=2"
+        );
+        for evil in [
+            "https://evil.test/",
+            "//evil.test/",
+            "/\\evil.test",
+            "javascript:alert(1)",
+            "/x\r\nSet-Cookie: a",
+            "/login/",
+        ] {
             assert_eq!(safe_next(Some(evil)), "/", "{evil}");
         }
         assert_eq!(safe_next(None), "/");

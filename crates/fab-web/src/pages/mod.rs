@@ -70,10 +70,34 @@ impl Page {
                 && self.principal.allows_names(permission, view)
         };
         let entries: [(&str, &str, &str, &str, &str); 5] = [
-            ("Users", "/users/list/", menus::LIST_USERS, "can_list", views::USERS),
-            ("Roles", "/roles/list/", menus::LIST_ROLES, "can_list", views::ROLES),
-            ("Permissions", "/permissions/list/", menus::BASE_PERMISSIONS, "can_list", views::PERMISSIONS),
-            ("View menus", "/viewmenus/list/", menus::VIEWS_MENUS, "can_list", views::VIEW_MENUS),
+            (
+                "Users",
+                "/users/list/",
+                menus::LIST_USERS,
+                "can_list",
+                views::USERS,
+            ),
+            (
+                "Roles",
+                "/roles/list/",
+                menus::LIST_ROLES,
+                "can_list",
+                views::ROLES,
+            ),
+            (
+                "Permissions",
+                "/permissions/list/",
+                menus::BASE_PERMISSIONS,
+                "can_list",
+                views::PERMISSIONS,
+            ),
+            (
+                "View menus",
+                "/viewmenus/list/",
+                menus::VIEWS_MENUS,
+                "can_list",
+                views::VIEW_MENUS,
+            ),
             (
                 "Permissions on views",
                 "/permissionviews/list/",

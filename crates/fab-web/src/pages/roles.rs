@@ -41,14 +41,20 @@ fn is_built_in(role: &Role) -> bool {
 }
 
 /// The permission checkboxes, grouped by view menu.
-async fn grant_groups(page: &Page, held: &HashSet<PermissionViewId>) -> Result<Vec<Value>, PageError> {
+async fn grant_groups(
+    page: &Page,
+    held: &HashSet<PermissionViewId>,
+) -> Result<Vec<Value>, PageError> {
     let mut groups: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for pv in page.state.parts.store.list_permission_views().await? {
-        groups.entry(pv.grant.view_menu.clone()).or_default().push(context! {
-            id => pv.id.0,
-            permission => pv.grant.permission,
-            checked => held.contains(&pv.id),
-        });
+        groups
+            .entry(pv.grant.view_menu.clone())
+            .or_default()
+            .push(context! {
+                id => pv.id.0,
+                permission => pv.grant.permission,
+                checked => held.contains(&pv.id),
+            });
     }
     Ok(groups
         .into_iter()
@@ -83,9 +89,17 @@ pub(crate) async fn add_form(page: Page) -> Result<Response, PageError> {
 }
 
 /// `POST /roles/add/` with `name` and `permissions` (permission-view ids).
-pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Result<Response, PageError> {
+pub(crate) async fn add(
+    page: Page,
+    client: ClientInfo,
+    form: FormData,
+) -> Result<Response, PageError> {
     let name = form.text("name");
-    let selected: Vec<PermissionViewId> = form.ids("permissions")?.into_iter().map(PermissionViewId).collect();
+    let selected: Vec<PermissionViewId> = form
+        .ids("permissions")?
+        .into_iter()
+        .map(PermissionViewId)
+        .collect();
     let again = |failure: Failure| async {
         let (status, errors, message) = match failure {
             Failure::Invalid(errors) => (StatusCode::UNPROCESSABLE_ENTITY, errors, None),
@@ -103,7 +117,12 @@ pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Resul
         return again(e.into()).await;
     }
     let store = &page.state.parts.store;
-    let event = page.audit(AuditKind::AdminPermissionChange, format!("role:{name}"), &client)
+    let event = page
+        .audit(
+            AuditKind::AdminPermissionChange,
+            format!("role:{name}"),
+            &client,
+        )
         .with_detail(serde_json::json!({ "action": "create" }));
     let role = match store.create_role(&name, &event).await {
         Ok(role) => role,
@@ -114,13 +133,25 @@ pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Resul
             .with_detail(serde_json::json!({ "action": "set_permissions", "permission_views": selected.iter().map(|p| p.0).collect::<Vec<_>>() }));
         store.set_role_grants(role.id, &selected, &event).await?;
     }
-    Ok(crate::flash::redirect_with(&page.state, &format!("/roles/show/{}", role.id.0), &format!("Role {} created.", role.name)))
+    Ok(crate::flash::redirect_with(
+        &page.state,
+        &format!("/roles/show/{}", role.id.0),
+        &format!("Role {} created.", role.name),
+    ))
 }
 
 /// `GET /roles/edit/{id}`.
 pub(crate) async fn edit_form(page: Page, Path(id): Path<String>) -> Result<Response, PageError> {
     let role = load_role(&page, &id).await?;
-    let held: HashSet<_> = page.state.parts.store.role_grants(role.id).await?.into_iter().map(|pv| pv.id).collect();
+    let held: HashSet<_> = page
+        .state
+        .parts
+        .store
+        .role_grants(role.id)
+        .await?
+        .into_iter()
+        .map(|pv| pv.id)
+        .collect();
     page.render(
         "roles/form.html",
         context! {
@@ -136,12 +167,25 @@ pub(crate) async fn edit_form(page: Page, Path(id): Path<String>) -> Result<Resp
 }
 
 /// `POST /roles/edit/{id}` with `name` and `permissions`.
-pub(crate) async fn edit(page: Page, client: ClientInfo, Path(id): Path<String>, form: FormData) -> Result<Response, PageError> {
+pub(crate) async fn edit(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+    form: FormData,
+) -> Result<Response, PageError> {
     let role = load_role(&page, &id).await?;
     let store = &page.state.parts.store;
-    let selected: Vec<PermissionViewId> = form.ids("permissions")?.into_iter().map(PermissionViewId).collect();
+    let selected: Vec<PermissionViewId> = form
+        .ids("permissions")?
+        .into_iter()
+        .map(PermissionViewId)
+        .collect();
     let name = form.text("name");
-    let name = if is_built_in(&role) || name.is_empty() { role.name.clone() } else { name };
+    let name = if is_built_in(&role) || name.is_empty() {
+        role.name.clone()
+    } else {
+        name
+    };
     if let Err(e) = validate_role_name(&name) {
         let held: HashSet<_> = selected.iter().copied().collect();
         return page.render_with_status(
@@ -151,7 +195,12 @@ pub(crate) async fn edit(page: Page, client: ClientInfo, Path(id): Path<String>,
         );
     }
     if name != role.name {
-        let event = page.audit(AuditKind::AdminPermissionChange, format!("role:{} {}", role.id.0, role.name), &client)
+        let event = page
+            .audit(
+                AuditKind::AdminPermissionChange,
+                format!("role:{} {}", role.id.0, role.name),
+                &client,
+            )
             .with_detail(serde_json::json!({ "action": "rename", "new_name": name }));
         if let Err(error) = store.rename_role(role.id, &name, &event).await {
             let held: HashSet<_> = selected.iter().copied().collect();
@@ -171,17 +220,37 @@ pub(crate) async fn edit(page: Page, client: ClientInfo, Path(id): Path<String>,
             .with_detail(serde_json::json!({ "action": "set_permissions", "permission_views": selected.iter().map(|p| p.0).collect::<Vec<_>>() }));
         store.set_role_grants(role.id, &selected, &event).await?;
     }
-    Ok(crate::flash::redirect_with(&page.state, &format!("/roles/show/{}", role.id.0), &format!("Role {name} saved.")))
+    Ok(crate::flash::redirect_with(
+        &page.state,
+        &format!("/roles/show/{}", role.id.0),
+        &format!("Role {name} saved."),
+    ))
 }
 
 /// `POST /roles/delete/{id}`.
-pub(crate) async fn delete(page: Page, client: ClientInfo, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn delete(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let role = load_role(&page, &id).await?;
     if is_built_in(&role) {
-        return Err(PageError(Failure::Conflict(format!("{} is a built-in role and cannot be deleted.", role.name))));
+        return Err(PageError(Failure::Conflict(format!(
+            "{} is a built-in role and cannot be deleted.",
+            role.name
+        ))));
     }
-    let event = page.audit(AuditKind::AdminPermissionChange, format!("role:{} {}", role.id.0, role.name), &client)
+    let event = page
+        .audit(
+            AuditKind::AdminPermissionChange,
+            format!("role:{} {}", role.id.0, role.name),
+            &client,
+        )
         .with_detail(serde_json::json!({ "action": "delete" }));
     page.state.parts.store.delete_role(role.id, &event).await?;
-    Ok(crate::flash::redirect_with(&page.state, "/roles/list/", &format!("Role {} deleted.", role.name)))
+    Ok(crate::flash::redirect_with(
+        &page.state,
+        "/roles/list/",
+        &format!("Role {} deleted.", role.name),
+    ))
 }

@@ -13,12 +13,12 @@ use crate::login::hash_new_password;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
+use fab_core::ValidationError;
 use fab_core::audit::AuditKind;
 use fab_core::rbac::{ADMIN_ROLE, RoleId};
 use fab_core::secret::Secret;
 use fab_core::store::UserQuery;
 use fab_core::user::{NewUser, User, UserId, UserProfile};
-use fab_core::ValidationError;
 use minijinja::{Value, context};
 use serde::Deserialize;
 
@@ -32,12 +32,21 @@ pub(crate) struct ListQuery {
 const PAGE_SIZE: u64 = 25;
 
 /// `GET /users/list/?search=&page=`.
-pub(crate) async fn list(page: Page, Query(query): Query<ListQuery>) -> Result<Response, PageError> {
-    let search = query.search.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+pub(crate) async fn list(
+    page: Page,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, PageError> {
+    let search = query
+        .search
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
     let number = query
         .page
         .as_deref()
-        .map(|p| p.parse::<u64>().map_err(|_| Failure::BadRequest("page: not a page number".into())))
+        .map(|p| {
+            p.parse::<u64>()
+                .map_err(|_| Failure::BadRequest("page: not a page number".into()))
+        })
         .transpose()?
         .unwrap_or(1)
         .max(1);
@@ -191,7 +200,11 @@ pub(crate) async fn add_form(page: Page) -> Result<Response, PageError> {
 }
 
 /// `POST /users/add/`.
-pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Result<Response, PageError> {
+pub(crate) async fn add(
+    page: Page,
+    client: ClientInfo,
+    form: FormData,
+) -> Result<Response, PageError> {
     let profile = profile_from(&form)?;
     let password = Secret::new(form.raw("password").unwrap_or_default());
     let confirm = Secret::new(form.raw("conf_password").unwrap_or_default());
@@ -200,7 +213,10 @@ pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Resul
         Err(errors) => errors,
     };
     if password != confirm {
-        errors.push(ValidationError::new("conf_password", "passwords must match"));
+        errors.push(ValidationError::new(
+            "conf_password",
+            "passwords must match",
+        ));
     }
     if let Err(e) = page
         .state
@@ -215,13 +231,18 @@ pub(crate) async fn add(page: Page, client: ClientInfo, form: FormData) -> Resul
         return form_again(&page, "add", None, &profile, Failure::Invalid(errors)).await;
     }
     let profile = profile.normalised().map_err(Failure::Invalid)?;
-    let hash = hash_new_password(&page.state, &password, &[&profile.username, &profile.email]).await?;
+    let hash =
+        hash_new_password(&page.state, &password, &[&profile.username, &profile.email]).await?;
     let new_user = NewUser {
         profile: profile.clone(),
         password_hash: hash,
         created_by: page.user_id(),
     };
-    let event = page.audit(AuditKind::AdminUserCreate, format!("username:{}", profile.username), &client);
+    let event = page.audit(
+        AuditKind::AdminUserCreate,
+        format!("username:{}", profile.username),
+        &client,
+    );
     match page.state.parts.store.create_user(&new_user, &event).await {
         Ok(user) => Ok(crate::flash::redirect_with(
             &page.state,
@@ -256,7 +277,11 @@ pub(crate) async fn edit_form(page: Page, Path(id): Path<String>) -> Result<Resp
 }
 
 /// Refuses changes that would leave no active Admin, or make an admin lock themselves out.
-async fn guard_admin_lockout(page: &Page, user: &User, stays_active_admin: bool) -> Result<(), Failure> {
+async fn guard_admin_lockout(
+    page: &Page,
+    user: &User,
+    stays_active_admin: bool,
+) -> Result<(), Failure> {
     if stays_active_admin {
         return Ok(());
     }
@@ -273,7 +298,9 @@ async fn guard_admin_lockout(page: &Page, user: &User, stays_active_admin: bool)
             .count_active_users_with_role(ADMIN_ROLE)
             .await?;
         if admins <= 1 {
-            return Err(Failure::Conflict("This is the last active Admin; it must stay.".into()));
+            return Err(Failure::Conflict(
+                "This is the last active Admin; it must stay.".into(),
+            ));
         }
     }
     Ok(())
@@ -290,7 +317,16 @@ pub(crate) async fn edit(
     let profile = profile_from(&form)?;
     let profile = match profile.clone().normalised() {
         Ok(profile) => profile,
-        Err(errors) => return form_again(&page, "edit", Some(user.id), &profile, Failure::Invalid(errors)).await,
+        Err(errors) => {
+            return form_again(
+                &page,
+                "edit",
+                Some(user.id),
+                &profile,
+                Failure::Invalid(errors),
+            )
+            .await;
+        }
     };
     let admin_role = page.state.parts.store.role_by_name(ADMIN_ROLE).await?;
     let keeps_admin = admin_role.is_some_and(|role| profile.roles.contains(&role.id));
@@ -299,12 +335,23 @@ pub(crate) async fn edit(
     if let Err(failure) = guard_admin_lockout(&page, &user, stays || !user.active).await {
         return form_again(&page, "edit", Some(user.id), &profile, failure).await;
     }
-    let event = page.audit(AuditKind::AdminUserUpdate, format!("user:{} {}", user.id, user.username), &client)
+    let event = page
+        .audit(
+            AuditKind::AdminUserUpdate,
+            format!("user:{} {}", user.id, user.username),
+            &client,
+        )
         .with_detail(serde_json::json!({
             "active": profile.active,
             "roles": profile.roles.iter().map(|r| r.0).collect::<Vec<_>>(),
         }));
-    match page.state.parts.store.update_user(user.id, &profile, page.user_id(), &event).await {
+    match page
+        .state
+        .parts
+        .store
+        .update_user(user.id, &profile, page.user_id(), &event)
+        .await
+    {
         Ok(updated) => {
             if user.active && !updated.active {
                 page.state.parts.sessions.delete_for_user(user.id).await?;
@@ -320,10 +367,18 @@ pub(crate) async fn edit(
 }
 
 /// `POST /users/delete/{id}`.
-pub(crate) async fn delete(page: Page, client: ClientInfo, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn delete(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
     guard_admin_lockout(&page, &user, false).await?;
-    let event = page.audit(AuditKind::AdminUserDelete, format!("user:{} {}", user.id, user.username), &client);
+    let event = page.audit(
+        AuditKind::AdminUserDelete,
+        format!("user:{} {}", user.id, user.username),
+        &client,
+    );
     page.state.parts.sessions.delete_for_user(user.id).await?;
     page.state.parts.store.delete_user(user.id, &event).await?;
     Ok(crate::flash::redirect_with(
@@ -334,11 +389,23 @@ pub(crate) async fn delete(page: Page, client: ClientInfo, Path(id): Path<String
 }
 
 /// `POST /users/disable/{id}`: the user's sessions end at once.
-pub(crate) async fn disable(page: Page, client: ClientInfo, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn disable(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
     guard_admin_lockout(&page, &user, false).await?;
-    let event = page.audit(AuditKind::AdminUserDisable, format!("user:{} {}", user.id, user.username), &client);
-    page.state.parts.store.set_user_active(user.id, false, page.user_id(), &event).await?;
+    let event = page.audit(
+        AuditKind::AdminUserDisable,
+        format!("user:{} {}", user.id, user.username),
+        &client,
+    );
+    page.state
+        .parts
+        .store
+        .set_user_active(user.id, false, page.user_id(), &event)
+        .await?;
     let ended = page.state.parts.sessions.delete_for_user(user.id).await?;
     Ok(crate::flash::redirect_with(
         &page.state,
@@ -348,10 +415,22 @@ pub(crate) async fn disable(page: Page, client: ClientInfo, Path(id): Path<Strin
 }
 
 /// `POST /users/enable/{id}`.
-pub(crate) async fn enable(page: Page, client: ClientInfo, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn enable(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
-    let event = page.audit(AuditKind::AdminUserEnable, format!("user:{} {}", user.id, user.username), &client);
-    page.state.parts.store.set_user_active(user.id, true, page.user_id(), &event).await?;
+    let event = page.audit(
+        AuditKind::AdminUserEnable,
+        format!("user:{} {}", user.id, user.username),
+        &client,
+    );
+    page.state
+        .parts
+        .store
+        .set_user_active(user.id, true, page.user_id(), &event)
+        .await?;
     Ok(crate::flash::redirect_with(
         &page.state,
         &format!("/users/show/{}", user.id),
@@ -360,11 +439,19 @@ pub(crate) async fn enable(page: Page, client: ClientInfo, Path(id): Path<String
 }
 
 /// `POST /users/clearsessions/{id}`.
-pub(crate) async fn clear_sessions(page: Page, client: ClientInfo, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn clear_sessions(
+    page: Page,
+    client: ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
     let ended = page.state.parts.sessions.delete_for_user(user.id).await?;
     let event = page
-        .audit(AuditKind::AdminSessionRevoke, format!("user:{} {}", user.id, user.username), &client)
+        .audit(
+            AuditKind::AdminSessionRevoke,
+            format!("user:{} {}", user.id, user.username),
+            &client,
+        )
         .with_detail(serde_json::json!({ "sessions_ended": ended }));
     page.state.parts.store.record(&event).await?;
     Ok(crate::flash::redirect_with(
@@ -375,7 +462,10 @@ pub(crate) async fn clear_sessions(page: Page, client: ClientInfo, Path(id): Pat
 }
 
 /// `GET /users/resetpasswords/{id}`.
-pub(crate) async fn reset_password_form(page: Page, Path(id): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn reset_password_form(
+    page: Page,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
     page.render(
         "users/reset_password.html",
@@ -396,7 +486,10 @@ pub(crate) async fn reset_password(
     let hash = if password == confirm {
         hash_new_password(&page.state, &password, &[&user.username, &user.email]).await
     } else {
-        Err(Failure::Invalid(vec![ValidationError::new("conf_password", "passwords must match")]))
+        Err(Failure::Invalid(vec![ValidationError::new(
+            "conf_password",
+            "passwords must match",
+        )]))
     };
     let hash = match hash {
         Ok(hash) => hash,
@@ -409,12 +502,23 @@ pub(crate) async fn reset_password(
         }
         Err(other) => return Err(PageError(other)),
     };
-    let event = page.audit(AuditKind::AdminPasswordReset, format!("user:{} {}", user.id, user.username), &client);
-    page.state.parts.store.set_password_hash(user.id, &hash, page.user_id(), Some(&event)).await?;
+    let event = page.audit(
+        AuditKind::AdminPasswordReset,
+        format!("user:{} {}", user.id, user.username),
+        &client,
+    );
+    page.state
+        .parts
+        .store
+        .set_password_hash(user.id, &hash, page.user_id(), Some(&event))
+        .await?;
     let ended = page.state.parts.sessions.delete_for_user(user.id).await?;
     Ok(crate::flash::redirect_with(
         &page.state,
         &format!("/users/show/{}", user.id),
-        &format!("Password of {} reset; {ended} session(s) ended.", user.username),
+        &format!(
+            "Password of {} reset; {ended} session(s) ended.",
+            user.username
+        ),
     ))
 }
