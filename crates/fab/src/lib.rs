@@ -1,9 +1,13 @@
 //! The `fab` binary's library: configuration loading ([`settings`], the only code in the
 //! workspace that reads the environment or a file), backend wiring and the server ([`app`], the
-//! only place a concrete backend is chosen), operator actions on accounts ([`accounts`]) and
-//! logging ([`logging`]).
+//! only place a concrete backend is chosen), operator actions on accounts ([`accounts`]), logging
+//! ([`logging`]) and the command line ([`cli`]).
+//!
+//! The binary in `main.rs` only parses the arguments and hands them, with the process
+//! environment, to [`cli::run`].
 
 pub mod accounts;
 pub mod app;
+pub mod cli;
 pub mod logging;
 pub mod settings;

@@ -1,0 +1,812 @@
+//! The real `fab` binary against a fresh SQLite database in a temporary directory.
+//!
+//! Each test gets its own directory, database and environment (the process environment is
+//! cleared), runs commands the way an operator would (no terminal on stdin), and checks stdout,
+//! stderr, the exit status and, where a command must have changed stored state, the database.
+
+// Helpers outside #[test] functions unwrap too; clippy.toml's allow-unwrap-in-tests covers only
+// the test functions themselves.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test that cannot unwrap should fail loudly"
+)]
+
+use chrono::Utc;
+use fab_core::config::DatabaseUrl;
+use fab_core::random::OsRandom;
+use fab_core::session::{SessionPolicy, SessionStage, SessionStore as _, SessionToken};
+use fab_core::store::SecurityStore as _;
+use fab_core::user::UserId;
+use fab_store::{Database, SqlStore};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GOOD_PASSWORD: &str = "tranquil-otter-42";
+
+/// One operator's machine: a directory with a database and the environment the binary sees.
+struct Site {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            (
+                "FAB_DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
+            (
+                "DATABASE_URL".into(),
+                format!("sqlite://{}", db_path(dir.path()).display()),
+            ),
+            ("PASSWORD_HASH_MEMORY_KIB".into(), "1024".into()),
+            ("PASSWORD_HASH_ITERATIONS".into(), "1".into()),
+            ("FAB_LOG".into(), "warn".into()),
+            ("USER".into(), "tester".into()),
+        ];
+        Self { dir, env }
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.retain(|(existing, _)| existing != name);
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fab"));
+        command
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "fab {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command with `--json` that must succeed; its parsed stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let stdout = self.ok(&with_json);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// Runs a command that must fail with status 1 and one `error:` line on stderr; that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "fab {args:?} should fail with 1:\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+        errors[0].to_owned()
+    }
+
+    fn create_user(&self, username: &str, roles: &[&str]) -> Value {
+        let email = format!("{username}@example.com");
+        let mut args = vec![
+            "create-user",
+            "--username",
+            username,
+            "--firstname",
+            "Test",
+            "--lastname",
+            "User",
+            "--email",
+            &email,
+            "--password",
+            GOOD_PASSWORD,
+        ];
+        for role in roles {
+            args.extend(["--role", role]);
+        }
+        self.json(&args)
+    }
+
+    async fn store(&self) -> SqlStore {
+        let url = DatabaseUrl::Sqlite {
+            path: db_path(self.dir.path()),
+        };
+        Database::connect(&url).await.unwrap().store()
+    }
+
+    /// Gives `user_id` `count` live sessions, as logins through the web would.
+    fn open_sessions(&self, user_id: i64, count: usize) {
+        block_on(async {
+            let store = self.store().await;
+            for _ in 0..count {
+                let token = SessionToken::generate(&OsRandom);
+                let record = SessionPolicy::default().new_record(
+                    &token,
+                    UserId(user_id),
+                    SessionStage::Authenticated,
+                    Utc::now(),
+                    Some("127.0.0.1".into()),
+                    None,
+                );
+                store.create(&record).await.unwrap();
+            }
+        });
+    }
+
+    fn session_count(&self, user_id: i64) -> usize {
+        block_on(async {
+            self.store()
+                .await
+                .list_for_user(UserId(user_id))
+                .await
+                .unwrap()
+                .len()
+        })
+    }
+
+    /// The newest audit records of `kind`: (actor name, target).
+    fn audit(&self, kind: &str) -> Vec<(String, String)> {
+        block_on(async {
+            let events = self
+                .store()
+                .await
+                .recent_audit(50, Some(kind))
+                .await
+                .unwrap();
+            events
+                .into_iter()
+                .map(|stored| {
+                    (
+                        stored.event.actor.map(|a| a.name).unwrap_or_default(),
+                        stored.event.target.unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+fn db_path(dir: &Path) -> PathBuf {
+    dir.join("fab.db")
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn id_of(user: &Value) -> i64 {
+    user["id"].as_i64().unwrap()
+}
+
+fn users(site: &Site) -> Vec<Value> {
+    site.json(&["list-users"]).as_array().unwrap().clone()
+}
+
+fn role_names(user: &Value) -> Vec<String> {
+    user["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|role| role["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn db_upgrade_makes_the_schema_current() {
+    let site = Site::new();
+    let before = site.json(&["db", "status"]);
+    assert_eq!(before["backend"], "sqlite");
+    assert_eq!(before["current"], false);
+    assert!(!before["pending"].as_array().unwrap().is_empty());
+
+    let applied = site.json(&["db", "upgrade"]);
+    assert_eq!(applied["applied"], before["pending"]);
+
+    let after = site.json(&["db", "status"]);
+    assert_eq!(after["current"], true);
+    assert_eq!(after["pending"], Value::Array(Vec::new()));
+    assert_eq!(after["applied"], before["pending"]);
+
+    let again = site.ok(&["db", "upgrade"]);
+    assert!(again.contains("nothing to apply"), "{again}");
+    let status = site.ok(&["db", "status"]);
+    assert!(status.contains("schema is current"), "{status}");
+}
+
+#[test]
+fn create_admin_creates_an_active_admin_and_audits_it() {
+    let site = Site::new();
+    let admin = site.json(&[
+        "create-admin",
+        "--username",
+        "root",
+        "--email",
+        "root@example.com",
+        "--password",
+        GOOD_PASSWORD,
+    ]);
+    assert_eq!(admin["username"], "root");
+    assert_eq!(admin["active"], true);
+    assert_eq!(role_names(&admin), ["Admin"]);
+    assert!(admin.get("password_hash").is_none(), "{admin}");
+
+    let listed = users(&site);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["username"], "root");
+    let table = site.ok(&["list-users"]);
+    assert!(
+        table.contains("root@example.com") && table.contains("Admin"),
+        "{table}"
+    );
+
+    let audit = site.audit("admin.user_create");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].0, "cli:tester");
+    assert!(audit[0].1.contains("root"), "{audit:?}");
+}
+
+#[test]
+fn create_user_with_roles_and_a_duplicate_is_refused() {
+    let site = Site::new();
+    let user = site.create_user("bob", &["Public"]);
+    assert_eq!(role_names(&user), ["Public"]);
+
+    let error = site.fails(&[
+        "create-user",
+        "--username",
+        "bob",
+        "--firstname",
+        "Other",
+        "--lastname",
+        "Bob",
+        "--email",
+        "other-bob@example.com",
+        "--role",
+        "Public",
+        "--password",
+        GOOD_PASSWORD,
+    ]);
+    assert!(error.to_lowercase().contains("username"), "{error}");
+    assert_eq!(users(&site).len(), 1);
+
+    let error = site.fails(&[
+        "create-user",
+        "--username",
+        "carol",
+        "--firstname",
+        "Carol",
+        "--lastname",
+        "C",
+        "--email",
+        "carol@example.com",
+        "--role",
+        "NoSuchRole",
+        "--password",
+        GOOD_PASSWORD,
+    ]);
+    assert!(error.contains("no role named `NoSuchRole`"), "{error}");
+    assert!(
+        error.contains("Admin") && error.contains("Public"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_password_without_a_terminal_is_an_error_not_a_prompt() {
+    let site = Site::new();
+    let error = site.fails(&[
+        "create-user",
+        "--username",
+        "dave",
+        "--firstname",
+        "Dave",
+        "--lastname",
+        "D",
+        "--email",
+        "dave@example.com",
+        "--role",
+        "Public",
+    ]);
+    assert!(error.contains("--password is required"), "{error}");
+    assert!(users(&site).is_empty());
+}
+
+#[test]
+fn create_user_checks_the_password_policy() {
+    let site = Site::new();
+    let error = site.fails(&[
+        "create-user",
+        "--username",
+        "erin",
+        "--firstname",
+        "Erin",
+        "--lastname",
+        "E",
+        "--email",
+        "erin@example.com",
+        "--role",
+        "Public",
+        "--password",
+        "password123",
+    ]);
+    assert!(error.contains("password:"), "{error}");
+    assert!(users(&site).is_empty());
+}
+
+#[test]
+fn user_disable_ends_sessions_and_user_enable_restores_access() {
+    let site = Site::new();
+    let alice = id_of(&site.create_user("alice", &["Public"]));
+    let bob = id_of(&site.create_user("bob", &["Public"]));
+    site.open_sessions(alice, 2);
+    site.open_sessions(bob, 1);
+
+    let change = site.json(&["user-disable", "--username", "alice"]);
+    assert_eq!(change["active"], false);
+    assert_eq!(change["was_active"], true);
+    assert_eq!(change["sessions_ended"], 2);
+    assert_eq!(site.session_count(alice), 0);
+    assert_eq!(
+        site.session_count(bob),
+        1,
+        "other users keep their sessions"
+    );
+    let listed = users(&site);
+    let alice_row = listed.iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(alice_row["active"], false);
+    assert_eq!(site.audit("admin.user_disable")[0].0, "cli:tester");
+
+    let line = site.ok(&["user-enable", "--username", "alice"]);
+    assert!(line.contains("enabled `alice`"), "{line}");
+    let listed = users(&site);
+    let alice_row = listed.iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(alice_row["active"], true);
+    assert_eq!(site.audit("admin.user_enable").len(), 1);
+
+    let error = site.fails(&["user-disable", "--username", "mallory"]);
+    assert!(error.contains("no user with username `mallory`"), "{error}");
+}
+
+#[test]
+fn clear_sessions_ends_one_users_or_everyones() {
+    let site = Site::new();
+    let alice = id_of(&site.create_user("alice", &["Public"]));
+    let bob = id_of(&site.create_user("bob", &["Public"]));
+    let carol = id_of(&site.create_user("carol", &["Public"]));
+    site.open_sessions(alice, 2);
+    site.open_sessions(bob, 3);
+    site.open_sessions(carol, 1);
+
+    let line = site.ok(&["clear-sessions", "--username", "alice"]);
+    assert!(line.contains("ended 2 session(s) of `alice`"), "{line}");
+    assert_eq!(site.session_count(alice), 0);
+    assert_eq!(site.session_count(bob), 3);
+
+    let by_id = site.json(&["clear-sessions", "--user-id", &bob.to_string()]);
+    assert_eq!(by_id["sessions_ended"], 3);
+    assert_eq!(site.session_count(carol), 1);
+
+    site.open_sessions(alice, 1);
+    let all = site.json(&["clear-sessions", "--all"]);
+    assert_eq!(all["sessions_ended"], 2);
+    assert_eq!(site.session_count(alice) + site.session_count(carol), 0);
+    assert_eq!(site.audit("admin.session_revoke").len(), 3);
+
+    let error = site.fails(&["clear-sessions", "--user-id", "9999"]);
+    assert!(error.contains("no user with id 9999"), "{error}");
+    let usage = site.run(&["clear-sessions", "--all", "--username", "alice"]);
+    assert_eq!(usage.status.code(), Some(2), "two scopes are a usage error");
+}
+
+#[test]
+fn reset_password_refuses_a_short_password_and_ends_sessions() {
+    let site = Site::new();
+    let alice = id_of(&site.create_user("alice", &["Public"]));
+    site.open_sessions(alice, 2);
+
+    let error = site.fails(&[
+        "reset-password",
+        "--username",
+        "alice",
+        "--password",
+        "short",
+    ]);
+    assert!(
+        error.contains("password: must be at least 12 characters"),
+        "{error}"
+    );
+    assert_eq!(
+        site.session_count(alice),
+        2,
+        "a refused reset changes nothing"
+    );
+    assert!(site.audit("admin.password_reset").is_empty());
+
+    let reset = site.json(&[
+        "reset-password",
+        "--username",
+        "alice",
+        "--password",
+        "a-brand-new-secret-9",
+    ]);
+    assert_eq!(reset["sessions_ended"], 2);
+    assert_eq!(site.session_count(alice), 0);
+    assert_eq!(site.audit("admin.password_reset").len(), 1);
+}
+
+const VIEWER_EXPORT: &str = r#"[
+  {
+    "name": "Viewer",
+    "permissions": [
+      {"permission": {"name": "can_list"}, "view_menu": {"name": "ContactModelView"}},
+      {"permission": {"name": "can_show"}, "view_menu": {"name": "ContactModelView"}}
+    ]
+  }
+]"#;
+
+fn grants_of(export: &Value, role: &str) -> Vec<(String, String)> {
+    let role = export
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == role)
+        .unwrap_or_else(|| panic!("no role {role} in {export}"));
+    let mut grants: Vec<(String, String)> = role["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["permission"]["name"].as_str().unwrap().to_owned(),
+                g["view_menu"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    grants.sort();
+    grants
+}
+
+#[test]
+fn export_and_import_roles_round_trip_in_flask_appbuilders_format() {
+    let site = Site::new();
+    let source = site.path("viewer.json");
+    std::fs::write(&source, VIEWER_EXPORT).unwrap();
+    let imported = site.json(&["import-roles", "--path", source.to_str().unwrap()]);
+    assert_eq!(imported["roles"], 1);
+    assert_eq!(site.audit("admin.permission_change")[0].0, "cli:tester");
+
+    let exported_path = site.path("exported.json");
+    let line = site.ok(&["export-roles", "--path", exported_path.to_str().unwrap()]);
+    assert!(line.contains("exported"), "{line}");
+    let exported: Value =
+        serde_json::from_str(&std::fs::read_to_string(&exported_path).unwrap()).unwrap();
+    assert_eq!(
+        grants_of(&exported, "Viewer"),
+        [
+            ("can_list".to_owned(), "ContactModelView".to_owned()),
+            ("can_show".to_owned(), "ContactModelView".to_owned())
+        ]
+    );
+
+    // The export imports into another site and exports the same again.
+    let other = Site::new();
+    other.ok(&["import-roles", "--path", exported_path.to_str().unwrap()]);
+    let again_path = other.path("again.json");
+    other.ok(&["export-roles", "--path", again_path.to_str().unwrap()]);
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(&again_path).unwrap()).unwrap();
+    assert_eq!(grants_of(&again, "Viewer"), grants_of(&exported, "Viewer"));
+
+    let junk = site.path("junk.json");
+    std::fs::write(&junk, "{\"name\": \"not an array\"}").unwrap();
+    let error = site.fails(&["import-roles", "--path", junk.to_str().unwrap()]);
+    assert!(
+        error.contains("junk.json") && error.contains("roles export"),
+        "{error}"
+    );
+}
+
+#[test]
+fn security_cleanup_removes_undeclared_permissions() {
+    let site = Site::new();
+    let source = site.path("viewer.json");
+    std::fs::write(&source, VIEWER_EXPORT).unwrap();
+    site.ok(&["import-roles", "--path", source.to_str().unwrap()]);
+
+    let report = site.json(&["security-cleanup"]);
+    let removed: Vec<String> = report["permission_views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {}",
+                g["permission"].as_str().unwrap(),
+                g["view_menu"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        removed.contains(&"can_list ContactModelView".to_owned()),
+        "{report}"
+    );
+    assert!(
+        report["view_menus"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ContactModelView"))
+    );
+
+    let again = site.ok(&["security-cleanup"]);
+    assert!(again.contains("nothing to remove"), "{again}");
+}
+
+#[test]
+fn config_check_names_an_unknown_key_and_exits_1() {
+    let site = Site::new();
+    let file = site.path("fab.toml");
+    std::fs::write(&file, "APP_NAME = \"Contacts\"\nSECRET_KYE = \"typo\"\n").unwrap();
+    let output = site.run(&["config", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("SECRET_KYE: unknown key"), "{stdout}");
+    assert!(
+        stdout.contains("Contacts"),
+        "the effective table is shown too: {stdout}"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: 1 configuration problem(s)"),
+        "{stderr}"
+    );
+
+    // Any other command refuses the same configuration, naming the key.
+    let error = site.fails(&["list-users"]);
+    assert!(error.contains("SECRET_KYE"), "{error}");
+}
+
+#[test]
+fn config_check_in_production_refuses_a_short_secret_key() {
+    let mut site = Site::new();
+    site.set("FAB_ENV", "production")
+        .set("SECRET_KEY", "too-short");
+    let output = site.run(&["config", "check", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let problems: Vec<String> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p["key"].as_str().unwrap(),
+                p["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        problems.contains(&"SECRET_KEY: 9 characters, production needs at least 32".to_owned()),
+        "{problems:?}"
+    );
+    // The test's cheap hash settings are refused in production as well.
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("PASSWORD_HASH_MEMORY_KIB")),
+        "{problems:?}"
+    );
+    let secret = report["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "SECRET_KEY")
+        .unwrap();
+    assert_eq!(secret["value"], "[redacted]");
+    assert_eq!(secret["source"], "env SECRET_KEY");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("too-short"));
+}
+
+#[test]
+fn config_check_passes_in_development_and_keeps_the_generated_key() {
+    let site = Site::new();
+    let report = site.json(&["config", "check"]);
+    assert_eq!(report["valid"], true);
+    let secret = report["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "SECRET_KEY")
+        .unwrap();
+    assert!(
+        secret["source"].as_str().unwrap().starts_with("generated"),
+        "{secret}"
+    );
+    assert!(site.path("data/secret_key").is_file());
+}
+
+#[test]
+fn a_malformed_fab_toml_is_named_with_its_line() {
+    let site = Site::new();
+    let file = site.path("fab.toml");
+    std::fs::write(&file, "APP_NAME = \"ok\"\nSESSION_TIMEOUT = = 3600\n").unwrap();
+    for command in [&["config", "check"][..], &["list-users"][..]] {
+        let error = site.fails(command);
+        assert!(error.starts_with("error: fab.toml:2:"), "{error}");
+    }
+    let explicit = site.fails(&["--config", file.to_str().unwrap(), "config", "check"]);
+    assert!(
+        explicit.starts_with(&format!("error: {}:2:", file.display())),
+        "{explicit}"
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let site = Site::new();
+    assert_eq!(
+        site.ok(&["version"]).trim(),
+        format!("fab {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        site.json(&["version"])["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+/// Starts `fab serve` on a free port; the child and the stdout lines up to the listening line.
+fn start_server(site: &Site) -> (std::process::Child, Vec<String>) {
+    let mut child = site
+        .command(&["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("is listening on");
+                lines.push(line);
+                if done {
+                    return (child, lines);
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!(
+                    "fab serve did not start: {lines:?}\nstderr: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn stop_server(mut child: std::process::Child) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fab serve did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "serve exited with {}",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn serve_prints_the_url_and_the_generated_admin_password_once() {
+    let site = Site::new();
+    let (child, lines) = start_server(&site);
+    let listening = lines.last().unwrap();
+    assert!(listening.contains("open http://127.0.0.1:"), "{listening}");
+    let credentials = lines
+        .iter()
+        .find(|line| line.contains("Password:"))
+        .unwrap_or_else(|| panic!("no credentials in {lines:?}"));
+    let password = credentials.split("Password: ").nth(1).unwrap().trim();
+    assert_eq!(password.chars().count(), 20, "{credentials}");
+    let stderr = stop_server(child);
+    assert!(stderr.contains("development mode"), "{stderr}");
+
+    let admins = users(&site);
+    assert_eq!(admins.len(), 1);
+    assert_eq!(admins[0]["username"], "admin");
+    assert_eq!(role_names(&admins[0]), ["Admin"]);
+
+    let (child, lines) = start_server(&site);
+    assert!(
+        !lines.iter().any(|line| line.contains("Password")),
+        "{lines:?}"
+    );
+    stop_server(child);
+    assert_eq!(users(&site).len(), 1);
+}
+
+#[test]
+fn serve_refuses_a_weak_configured_admin_password() {
+    let mut site = Site::new();
+    site.set("FAB_ADMIN_PASSWORD", "admin");
+    let error = site.fails(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(
+        error.contains("FAB_ADMIN_PASSWORD: must be at least 12 characters"),
+        "{error}"
+    );
+    assert!(users(&site).is_empty());
+}
+
+#[test]
+fn serve_in_production_never_migrates_and_names_the_command() {
+    let mut site = Site::new();
+    site.set("FAB_ENV", "production")
+        .set("SECRET_KEY", &"k".repeat(48))
+        .set("PASSWORD_HASH_MEMORY_KIB", "19456")
+        .set("PASSWORD_HASH_ITERATIONS", "2");
+    let error = site.fails(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(error.contains("`fab db upgrade`"), "{error}");
+    assert!(error.contains("pending migration"), "{error}");
+    let status = site.json(&["db", "status"]);
+    assert_eq!(status["current"], false, "serve must not have run DDL");
+    assert!(status["applied"].as_array().unwrap().is_empty());
+}
