@@ -810,3 +810,86 @@ fn serve_in_production_never_migrates_and_names_the_command() {
     assert_eq!(status["current"], false, "serve must not have run DDL");
     assert!(status["applied"].as_array().unwrap().is_empty());
 }
+
+/// A fresh PostgreSQL database on the machine's server (`FAB_TEST_POSTGRES_URL`), dropped after
+/// the test. A server that cannot be reached fails the test: it never skips.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresDatabase {
+    fn create() -> Self {
+        let admin_url = std::env::var("FAB_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("fab_cli_{}_{nanos}", std::process::id());
+        let (server, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{server}/{name}");
+        let database = Self {
+            admin_url,
+            name,
+            url,
+        };
+        database.psql(&format!("CREATE DATABASE {}", database.name));
+        database
+    }
+
+    fn psql(&self, statement: &str) {
+        let output = Command::new("psql")
+            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-qc", statement])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "psql {statement}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        self.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+#[test]
+fn on_postgresql_serve_never_migrates_even_in_development_and_commands_share_one_code_path() {
+    let database = PostgresDatabase::create();
+    let mut site = Site::new();
+    site.set("DATABASE_URL", &database.url);
+
+    let error = site.fails(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(
+        error.contains("postgresql schema is not current"),
+        "{error}"
+    );
+    assert!(error.contains("`fab db upgrade`"), "{error}");
+    let status = site.json(&["db", "status"]);
+    assert_eq!(status["backend"], "postgresql");
+    assert!(status["applied"].as_array().unwrap().is_empty(), "{status}");
+    let error = site.fails(&["list-users"]);
+    assert!(
+        error.contains("`fab db upgrade`"),
+        "admin commands refuse too: {error}"
+    );
+
+    let applied = site.json(&["db", "upgrade"]);
+    assert_eq!(applied["applied"], status["pending"]);
+    let alice = site.create_user("alice", &["Public"]);
+    assert_eq!(role_names(&alice), ["Public"]);
+    let disabled = site.json(&["user-disable", "--username", "alice"]);
+    assert_eq!(disabled["active"], false);
+    let (child, lines) = start_server(&site);
+    assert!(lines.iter().any(|l| l.contains("Password:")), "{lines:?}");
+    stop_server(child);
+    assert_eq!(users(&site).len(), 2);
+}
