@@ -3,6 +3,7 @@
 //! Logs go to stderr so a command's stdout stays its result (a table, or JSON for scripts).
 
 use fab_core::config::{Config, LogFormat};
+use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 /// `FAB_LOG` is not a filter tracing-subscriber understands.
@@ -31,7 +32,9 @@ pub fn init(config: &Config) -> Result<(), LogFilterError> {
     let filter = parse_filter(&config.log_filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or collector.
+        .with_ansi(std::io::stderr().is_terminal());
     // An error means a subscriber is already installed (tests that run several commands).
     let _ = match config.log_format {
         LogFormat::Text => builder.try_init(),

@@ -893,3 +893,20 @@ fn on_postgresql_serve_never_migrates_even_in_development_and_commands_share_one
     stop_server(child);
     assert_eq!(users(&site).len(), 2);
 }
+
+#[test]
+fn logs_go_to_stderr_as_json_lines_when_asked_and_stdout_keeps_the_result() {
+    let mut site = Site::new();
+    site.set("FAB_LOG", "info").set("FAB_LOG_FORMAT", "json");
+    let output = site.run(&["db", "upgrade", "--json"]);
+    assert!(output.status.success());
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(!result["applied"].as_array().unwrap().is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.trim().is_empty(), "migrations log at info");
+    for line in stderr.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["level"].is_string(), "{line}");
+    }
+    assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal");
+}
