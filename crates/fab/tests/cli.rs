@@ -910,3 +910,56 @@ fn logs_go_to_stderr_as_json_lines_when_asked_and_stdout_keeps_the_result() {
     }
     assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal");
 }
+
+/// Runs `fab args` under `script`, so stdin is a terminal, typing `typed` into it.
+fn run_at_a_terminal(site: &Site, args: &[&str], typed: &str) -> Output {
+    let command_line = std::iter::once(env!("CARGO_BIN_EXE_fab"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &command_line, "/dev/null"])
+        .env_clear()
+        .envs(site.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(site.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_terminal_is_asked_for_a_missing_password_twice() {
+    let site = Site::new();
+    site.create_user("alice", &["Public"]);
+
+    let differ = run_at_a_terminal(
+        &site,
+        &["reset-password", "--username", "alice"],
+        "another-good-secret-1\nanother-good-secret-2\n",
+    );
+    let screen = String::from_utf8_lossy(&differ.stdout);
+    assert_eq!(differ.status.code(), Some(1), "{screen}");
+    assert!(screen.contains("Repeat for confirmation"), "{screen}");
+    assert!(screen.contains("the two passwords differ"), "{screen}");
+    assert!(site.audit("admin.password_reset").is_empty());
+
+    let same = run_at_a_terminal(
+        &site,
+        &["reset-password", "--username", "alice"],
+        "another-good-secret-1\nanother-good-secret-1\n",
+    );
+    let screen = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{screen}");
+    assert!(screen.contains("password of `alice` reset"), "{screen}");
+    assert_eq!(site.audit("admin.password_reset").len(), 1);
+}
