@@ -208,14 +208,41 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        let purge = tokio::spawn(purge_expired_sessions(self.parts.clone()));
         let router = fab_web::router(self.parts).map_err(|e| AppError::Web(e.to_string()))?;
-        axum::serve(
+        let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(AppError::Serve)
+        .map_err(AppError::Serve);
+        purge.abort();
+        served
+    }
+}
+
+/// How often `serve` deletes expired sessions. Expired sessions are refused on use whatever
+/// this says; purging only keeps the table (and `fab clear-sessions` counts) small.
+const SESSION_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes expired sessions now and then every [`SESSION_PURGE_INTERVAL`]; a failure is logged
+/// and retried at the next tick.
+async fn purge_expired_sessions(parts: AppParts) {
+    let mut ticks = tokio::time::interval(SESSION_PURGE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = parts.clock.now();
+        match parts
+            .sessions
+            .purge_expired(now, &parts.config.session.policy)
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired sessions deleted"),
+            Err(error) => tracing::warn!(%error, "purging expired sessions failed"),
+        }
     }
 }
 
@@ -282,14 +309,25 @@ pub enum AdminBootstrap {
 /// The actor recorded for the first-run admin creation.
 const BOOTSTRAP_ACTOR: &str = "system:first-run";
 
-/// Creates the configured first admin when no active user holds the Admin role. Its password is
-/// `FAB_ADMIN_PASSWORD` (which must pass the password policy) or a generated one, returned so
-/// `fab serve` can print it once.
+/// Creates the configured first admin on first run, that is when there are no users at all. Its
+/// password is `FAB_ADMIN_PASSWORD` (which must pass the password policy) or a generated one,
+/// returned so `fab serve` can print it once.
+///
+/// A database that has users but no active Admin gets none: that state usually follows an
+/// incident (admins disabled on purpose), and a server that quietly minted a new admin account
+/// with a printed password would undo the operator's containment. `fab create-admin` is the way.
 pub async fn ensure_admin(parts: &AppParts) -> Result<AdminBootstrap, AppError> {
     if parts.store.count_active_users_with_role(ADMIN_ROLE).await? > 0 {
         return Ok(AdminBootstrap::AlreadyPresent);
     }
     let admin = &parts.config.admin;
+    if parts.store.count_users().await? > 0 {
+        return Ok(AdminBootstrap::NotCreated {
+            username: admin.username.clone(),
+            reason: "users exist but none is an active Admin (run `fab create-admin` to add one)"
+                .into(),
+        });
+    }
     if parts.store.user_by_login(&admin.username).await?.is_some() {
         return Ok(AdminBootstrap::NotCreated {
             username: admin.username.clone(),

@@ -785,6 +785,22 @@ fn serve_prints_the_url_and_the_generated_admin_password_once() {
 }
 
 #[test]
+fn serve_mints_no_admin_when_users_exist_but_every_admin_is_disabled() {
+    let site = Site::new();
+    site.create_user("alice", &["Admin"]);
+    site.ok(&["user-disable", "--username", "alice"]);
+    let (child, lines) = start_server(&site);
+    assert!(
+        !lines.iter().any(|line| line.contains("Password")),
+        "no credentials printed after an incident: {lines:?}"
+    );
+    let stderr = stop_server(child);
+    assert!(stderr.contains("fab create-admin"), "{stderr}");
+    let listed = users(&site);
+    assert_eq!(listed.len(), 1, "no admin account was created: {listed:?}");
+}
+
+#[test]
 fn serve_refuses_a_weak_configured_admin_password() {
     let mut site = Site::new();
     site.set("FAB_ADMIN_PASSWORD", "admin");
@@ -889,9 +905,9 @@ fn on_postgresql_serve_never_migrates_even_in_development_and_commands_share_one
     let disabled = site.json(&["user-disable", "--username", "alice"]);
     assert_eq!(disabled["active"], false);
     let (child, lines) = start_server(&site);
-    assert!(lines.iter().any(|l| l.contains("Password:")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("Password:")), "{lines:?}");
     stop_server(child);
-    assert_eq!(users(&site).len(), 2);
+    assert_eq!(users(&site).len(), 1, "users exist: no first-run admin");
 }
 
 #[test]
