@@ -23,6 +23,10 @@ pub enum RawValue {
     Bool(bool),
     /// A TOML integer.
     Integer(i64),
+    /// A TOML array of strings.
+    List(Vec<String>),
+    /// A TOML table of string values, in file order (e.g. `CSP_POLICY`).
+    Table(Vec<(String, String)>),
 }
 
 impl fmt::Display for RawValue {
@@ -31,6 +35,11 @@ impl fmt::Display for RawValue {
             RawValue::Text(s) => f.write_str(s),
             RawValue::Bool(b) => write!(f, "{b}"),
             RawValue::Integer(i) => write!(f, "{i}"),
+            RawValue::List(items) => f.write_str(&items.join(",")),
+            RawValue::Table(pairs) => {
+                let text: Vec<String> = pairs.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                f.write_str(&text.join("; "))
+            }
         }
     }
 }
@@ -307,6 +316,188 @@ pub const KEYS: &[KeySpec] = &[
         default: "text",
         doc: "`text` or `json`.",
     },
+    KeySpec {
+        name: "ENABLE_CSP_HEADERS",
+        aliases: &[],
+        secret: false,
+        default: "true",
+        doc: "Send a Content-Security-Policy on every response.",
+    },
+    KeySpec {
+        name: "CSP_POLICY",
+        aliases: &[],
+        secret: false,
+        default: "fab's strict policy (see below)",
+        doc: "The policy: a TOML table of directives (`'default-src' = \"'self'\"`), or in the environment the CSP text (`default-src 'self'; img-src 'self' data:`). fab adds a per-request nonce to script-src and style-src.",
+    },
+    KeySpec {
+        name: "CSP_REPORT_ONLY",
+        aliases: &[],
+        secret: false,
+        default: "false",
+        doc: "Send the policy as Content-Security-Policy-Report-Only: browsers report violations without blocking.",
+    },
+    KeySpec {
+        name: "CSP_REPORT_URI",
+        aliases: &[],
+        secret: false,
+        default: "/csp-report",
+        doc: "Where browsers send violation reports (report-uri and the Reporting API's report-to); fab's own endpoint by default. Empty disables reporting.",
+    },
+    KeySpec {
+        name: "ENFORCE_HTTPS",
+        aliases: &["SSL_REQUIRE"],
+        secret: false,
+        default: "true in production, false in development",
+        doc: "Redirect plain-HTTP GET/HEAD to https (308) and refuse other methods (403).",
+    },
+    KeySpec {
+        name: "HTTPS_EXEMPT_PATHS",
+        aliases: &[],
+        secret: false,
+        default: "/health,/health/ready",
+        doc: "Paths (and their sub-paths) reachable over plain HTTP even with ENFORCE_HTTPS, for load-balancer probes.",
+    },
+    KeySpec {
+        name: "HSTS_MAX_AGE",
+        aliases: &[],
+        secret: false,
+        default: "31536000",
+        doc: "Strict-Transport-Security max-age in seconds, sent on every HTTPS response; 0 disables HSTS.",
+    },
+    KeySpec {
+        name: "HSTS_INCLUDE_SUBDOMAINS",
+        aliases: &[],
+        secret: false,
+        default: "true",
+        doc: "Add includeSubDomains to HSTS.",
+    },
+    KeySpec {
+        name: "HSTS_PRELOAD",
+        aliases: &[],
+        secret: false,
+        default: "false",
+        doc: "Add preload to HSTS (only once the domain is ready for the browsers' preload lists).",
+    },
+    KeySpec {
+        name: "TRUSTED_PROXIES",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "IPs and CIDRs of reverse proxies whose X-Forwarded-For/-Proto/-Host and X-Real-IP are believed. From anyone else these headers are ignored.",
+    },
+    KeySpec {
+        name: "TLS_CERT_FILE",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "PEM certificate chain for fab's own HTTPS listener (TLS 1.2 and 1.3 only); re-read when the file changes or on SIGHUP.",
+    },
+    KeySpec {
+        name: "TLS_KEY_FILE",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "PEM private key for TLS_CERT_FILE.",
+    },
+    KeySpec {
+        name: "MAX_BODY_FORM",
+        aliases: &[],
+        secret: false,
+        default: "65536",
+        doc: "Largest form body in bytes (413 beyond).",
+    },
+    KeySpec {
+        name: "MAX_BODY_API",
+        aliases: &[],
+        secret: false,
+        default: "1048576",
+        doc: "Largest JSON API body in bytes (413 beyond).",
+    },
+    KeySpec {
+        name: "MAX_BODY_UPLOAD",
+        aliases: &[],
+        secret: false,
+        default: "16777216",
+        doc: "Largest upload body in bytes, for upload routes (413 beyond).",
+    },
+    KeySpec {
+        name: "MAX_HEADER_BYTES",
+        aliases: &[],
+        secret: false,
+        default: "16384",
+        doc: "Largest request head (request line and headers) in bytes (431 beyond).",
+    },
+    KeySpec {
+        name: "HEADER_READ_TIMEOUT",
+        aliases: &[],
+        secret: false,
+        default: "10",
+        doc: "Seconds a client may take to send its request head before the connection is closed (slowloris).",
+    },
+    KeySpec {
+        name: "REQUEST_TIMEOUT",
+        aliases: &[],
+        secret: false,
+        default: "30",
+        doc: "Seconds a request may take, body included, before 408.",
+    },
+    KeySpec {
+        name: "MAX_CONNECTIONS",
+        aliases: &[],
+        secret: false,
+        default: "1024",
+        doc: "Concurrent connections served; further clients wait in the kernel's accept queue.",
+    },
+    KeySpec {
+        name: "HEALTH_SECURITY_ACCESS",
+        aliases: &[],
+        secret: false,
+        default: "trusted",
+        doc: "Who may read /health/security: `trusted` (TRUSTED_NETWORKS), `authenticated` (Admin), or `public`.",
+    },
+    KeySpec {
+        name: "TRUSTED_NETWORKS",
+        aliases: &[],
+        secret: false,
+        default: "127.0.0.0/8,::1",
+        doc: "Networks allowed to read /health/security when HEALTH_SECURITY_ACCESS=trusted.",
+    },
+    KeySpec {
+        name: "SECURITY_CONTACT",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "Where to report vulnerabilities (`mailto:security@company.com`, an https URL or `tel:`; comma-separated for several), served as /.well-known/security.txt.",
+    },
+    KeySpec {
+        name: "SECURITY_ENCRYPTION_URL",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "URL of the key to encrypt reports with (security.txt Encryption).",
+    },
+    KeySpec {
+        name: "SECURITY_POLICY_URL",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "URL of the disclosure policy (security.txt Policy).",
+    },
+    KeySpec {
+        name: "SECURITY_TXT_EXPIRES",
+        aliases: &[],
+        secret: false,
+        default: "180 days after start-up",
+        doc: "Expires of security.txt, an RFC 3339 date; RFC 9116 asks for less than a year ahead.",
+    },
+    KeySpec {
+        name: "ALLOW_INSECURE",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "Production overrides, by name, for combinations fab otherwise refuses: `plain-http` (no HTTPS enforcement, TLS or proxy), `insecure-cookies` (cookies without Secure/HttpOnly). Each is logged loudly at start-up.",
+    },
 ];
 
 fn canonical_key(upper: &str) -> Option<&'static str> {
@@ -534,6 +725,144 @@ pub struct EffectiveEntry {
     pub origin: Origin,
 }
 
+/// A production override of a refused combination, named in `ALLOW_INSECURE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InsecureOverride {
+    /// Serve plain HTTP in production (no HTTPS enforcement, no TLS, no proxy).
+    PlainHttp,
+    /// Session cookies without Secure or HttpOnly in production.
+    InsecureCookies,
+}
+
+impl InsecureOverride {
+    /// The name used in `ALLOW_INSECURE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InsecureOverride::PlainHttp => "plain-http",
+            InsecureOverride::InsecureCookies => "insecure-cookies",
+        }
+    }
+}
+
+/// Content-Security-Policy settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CspSettings {
+    /// Whether the header is sent.
+    pub enabled: bool,
+    /// Send as `Content-Security-Policy-Report-Only`.
+    pub report_only: bool,
+    /// Directives in order, name to value (`("img-src", "'self' data:")`).
+    pub directives: Vec<(String, String)>,
+    /// Report endpoint, when reporting is on.
+    pub report_uri: Option<String>,
+}
+
+/// fab's default policy: the deployment guide's restrictive policy without `'unsafe-inline'`
+/// (fab's pages carry a per-request nonce instead), plus the directives that close what
+/// `default-src` does not cover.
+pub const DEFAULT_CSP: &[(&str, &str)] = &[
+    ("default-src", "'self'"),
+    ("script-src", "'self'"),
+    ("style-src", "'self'"),
+    ("img-src", "'self' data: blob:"),
+    ("font-src", "'self' data:"),
+    ("connect-src", "'self'"),
+    ("object-src", "'none'"),
+    ("base-uri", "'none'"),
+    ("form-action", "'self'"),
+    ("frame-ancestors", "'none'"),
+];
+
+/// HTTPS enforcement and HSTS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsSettings {
+    /// Redirect / refuse plain-HTTP requests.
+    pub enforce: bool,
+    /// Paths exempt from enforcement.
+    pub exempt_paths: Vec<String>,
+    /// HSTS max-age (0: no HSTS).
+    pub hsts_max_age: u64,
+    /// HSTS includeSubDomains.
+    pub hsts_include_subdomains: bool,
+    /// HSTS preload.
+    pub hsts_preload: bool,
+}
+
+/// fab's own TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// Request size and time limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Form bodies.
+    pub body_form: usize,
+    /// JSON API bodies.
+    pub body_api: usize,
+    /// Upload bodies.
+    pub body_upload: usize,
+    /// Request head.
+    pub max_header_bytes: usize,
+    /// Time to send the request head.
+    pub header_read_timeout: Duration,
+    /// Time for the whole request.
+    pub request_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+}
+
+/// Who may read `/health/security`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthAccess {
+    /// Clients in TRUSTED_NETWORKS.
+    Trusted,
+    /// Logged-in Admins.
+    Authenticated,
+    /// Anyone.
+    Public,
+}
+
+/// The security contact (RFC 9116 security.txt).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecurityContact {
+    /// Contact URIs.
+    pub contact: Vec<String>,
+    /// Encryption key URL.
+    pub encryption: Option<String>,
+    /// Policy URL.
+    pub policy: Option<String>,
+    /// Fixed expiry, if configured.
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Everything about how requests reach fab and what responses carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Content-Security-Policy.
+    pub csp: CspSettings,
+    /// HTTPS and HSTS.
+    pub https: HttpsSettings,
+    /// Reverse proxies whose forwarded headers are believed.
+    pub trusted_proxies: Vec<crate::net::IpNet>,
+    /// Native TLS, when configured.
+    pub tls: Option<TlsSettings>,
+    /// Size and time limits.
+    pub limits: RequestLimits,
+    /// `/health/security` access rule.
+    pub health_access: HealthAccess,
+    /// Networks trusted for `/health/security`.
+    pub trusted_networks: Vec<crate::net::IpNet>,
+    /// security.txt.
+    pub contact: SecurityContact,
+    /// Production overrides in force.
+    pub allow_insecure: Vec<InsecureOverride>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -567,6 +896,8 @@ pub struct Config {
     pub log_filter: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Headers, HTTPS, proxies, TLS, request limits, health access and the security contact.
+    pub edge: EdgeSettings,
     /// Things worth saying that are not errors.
     pub warnings: Vec<String>,
     /// Every key's effective value, redacted.
@@ -656,6 +987,296 @@ impl Reader<'_> {
         };
         self.record(key, value.to_string());
         value
+    }
+
+    fn list(&mut self, key: &'static str, default: &str) -> Vec<String> {
+        let items: Vec<String> = match self.raw.get(key).map(|e| &e.value) {
+            Some(RawValue::List(items)) => items.clone(),
+            Some(other) => other.to_string().split(',').map(str::to_owned).collect(),
+            None => default.split(',').map(str::to_owned).collect(),
+        };
+        let items: Vec<String> = items
+            .into_iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        self.record(key, items.join(","));
+        items
+    }
+
+    fn networks(&mut self, key: &'static str, default: &str) -> Vec<crate::net::IpNet> {
+        let mut networks = Vec::new();
+        for item in self.list(key, default) {
+            match item.parse::<crate::net::IpNet>() {
+                Ok(net) => networks.push(net),
+                Err(message) => self.problem(key, message),
+            }
+        }
+        networks
+    }
+
+    fn optional(&mut self, key: &'static str) -> Option<String> {
+        let value = self
+            .text(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        self.record(key, value.clone().unwrap_or_else(|| "none".into()));
+        value
+    }
+
+    fn allow_insecure(&mut self) -> Vec<InsecureOverride> {
+        let mut out = Vec::new();
+        for name in self.list("ALLOW_INSECURE", "") {
+            match name.to_ascii_lowercase().as_str() {
+                "plain-http" => out.push(InsecureOverride::PlainHttp),
+                "insecure-cookies" => out.push(InsecureOverride::InsecureCookies),
+                other => self.problem(
+                    "ALLOW_INSECURE",
+                    format!("`{other}` is not an override (plain-http, insecure-cookies)"),
+                ),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn csp(&mut self) -> CspSettings {
+        let enabled = self.bool("ENABLE_CSP_HEADERS", true);
+        let report_only = self.bool("CSP_REPORT_ONLY", false);
+        let directives: Vec<(String, String)> =
+            match self.raw.get("CSP_POLICY").map(|e| e.value.clone()) {
+                None => DEFAULT_CSP
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                Some(RawValue::Table(pairs)) => pairs,
+                Some(other) => other
+                    .to_string()
+                    .split(';')
+                    .filter_map(|part| {
+                        let part = part.trim();
+                        (!part.is_empty()).then(|| match part.split_once(char::is_whitespace) {
+                            Some((name, value)) => (name.to_owned(), value.trim().to_owned()),
+                            None => (part.to_owned(), String::new()),
+                        })
+                    })
+                    .collect(),
+            };
+        let mut checked = Vec::new();
+        for (name, value) in directives {
+            let name = name.trim().to_ascii_lowercase();
+            let valid_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+            let valid_value = !value.contains([';', ',', '\n', '\r']) && value.is_ascii();
+            if !valid_name || !valid_value {
+                self.problem(
+                    "CSP_POLICY",
+                    format!("`{name} {value}` is not a CSP directive"),
+                );
+                continue;
+            }
+            if value.contains("'unsafe-inline'") && (name == "script-src" || name == "style-src") {
+                // With a nonce present, browsers ignore 'unsafe-inline' anyway.
+                self.problem(
+                    "CSP_POLICY",
+                    format!("{name}: 'unsafe-inline' is refused: fab's pages use a per-request nonce, so it would only weaken a custom page's policy"),
+                );
+                continue;
+            }
+            checked.push((name, value.trim().to_owned()));
+        }
+        let shown: Vec<String> = checked.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        self.record("CSP_POLICY", shown.join("; "));
+        let report_uri = match self.text("CSP_REPORT_URI") {
+            None => Some("/csp-report".to_owned()),
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => Some(text.trim().to_owned()),
+        };
+        self.record(
+            "CSP_REPORT_URI",
+            report_uri.clone().unwrap_or_else(|| "none".into()),
+        );
+        if let Some(uri) = &report_uri
+            && (uri.contains([';', ',', ' '])
+                || !(uri.starts_with('/') || uri.starts_with("https://")))
+        {
+            self.problem(
+                "CSP_REPORT_URI",
+                "must be a path (/csp-report) or an https:// URL",
+            );
+        }
+        CspSettings {
+            enabled,
+            report_only,
+            directives: checked,
+            report_uri,
+        }
+    }
+
+    fn bytes(&mut self, key: &'static str, default: u64, min: u64, max: u64) -> usize {
+        usize::try_from(self.integer(key, default, min, max)).unwrap_or(usize::MAX)
+    }
+
+    fn edge(
+        &mut self,
+        production: bool,
+        allow_insecure: &[InsecureOverride],
+        warnings: &mut Vec<String>,
+    ) -> EdgeSettings {
+        let csp = self.csp();
+        let enforce = self.bool("ENFORCE_HTTPS", production);
+        let exempt_paths = self.list("HTTPS_EXEMPT_PATHS", "/health,/health/ready");
+        for path in &exempt_paths {
+            if !path.starts_with('/') {
+                self.problem(
+                    "HTTPS_EXEMPT_PATHS",
+                    format!("`{path}` is not a path starting with /"),
+                );
+            }
+        }
+        let hsts_max_age = self.integer("HSTS_MAX_AGE", 31_536_000, 0, 2 * 31_536_000);
+        let hsts_include_subdomains = self.bool("HSTS_INCLUDE_SUBDOMAINS", true);
+        let hsts_preload = self.bool("HSTS_PRELOAD", false);
+        if hsts_preload && (hsts_max_age < 31_536_000 || !hsts_include_subdomains) {
+            self.problem(
+                "HSTS_PRELOAD",
+                "preload lists require HSTS_MAX_AGE of at least 31536000 and HSTS_INCLUDE_SUBDOMAINS=true",
+            );
+        }
+        let trusted_proxies = self.networks("TRUSTED_PROXIES", "");
+        let cert = self.optional("TLS_CERT_FILE");
+        let key = self.optional("TLS_KEY_FILE");
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert_file: PathBuf::from(cert),
+                key_file: PathBuf::from(key),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem("TLS_KEY_FILE", "is required with TLS_CERT_FILE");
+                None
+            }
+            (None, Some(_)) => {
+                self.problem("TLS_CERT_FILE", "is required with TLS_KEY_FILE");
+                None
+            }
+        };
+        let limits = RequestLimits {
+            body_form: self.bytes("MAX_BODY_FORM", 65_536, 1024, 64 * 1024 * 1024),
+            body_api: self.bytes("MAX_BODY_API", 1_048_576, 1024, 256 * 1024 * 1024),
+            body_upload: self.bytes("MAX_BODY_UPLOAD", 16_777_216, 1024, 4 * 1024 * 1024 * 1024),
+            max_header_bytes: self.bytes("MAX_HEADER_BYTES", 16_384, 4096, 1024 * 1024),
+            header_read_timeout: self.seconds("HEADER_READ_TIMEOUT", 10, 1, 600),
+            request_timeout: self.seconds("REQUEST_TIMEOUT", 30, 1, 3600),
+            max_connections: self.bytes("MAX_CONNECTIONS", 1024, 1, 1_000_000),
+        };
+        let health_access = match self
+            .string("HEALTH_SECURITY_ACCESS", "trusted")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "trusted" => HealthAccess::Trusted,
+            "authenticated" => HealthAccess::Authenticated,
+            "public" => HealthAccess::Public,
+            other => {
+                self.problem(
+                    "HEALTH_SECURITY_ACCESS",
+                    format!("`{other}` is not trusted, authenticated or public"),
+                );
+                HealthAccess::Trusted
+            }
+        };
+        let trusted_networks = self.networks("TRUSTED_NETWORKS", "127.0.0.0/8,::1");
+        let contact_items = self.list("SECURITY_CONTACT", "");
+        for item in &contact_items {
+            if !(item.starts_with("mailto:")
+                || item.starts_with("https://")
+                || item.starts_with("tel:"))
+            {
+                self.problem(
+                    "SECURITY_CONTACT",
+                    format!("`{item}` must start with mailto:, https:// or tel:"),
+                );
+            }
+        }
+        let encryption = self.optional("SECURITY_ENCRYPTION_URL");
+        let policy = self.optional("SECURITY_POLICY_URL");
+        for (key, value) in [
+            ("SECURITY_ENCRYPTION_URL", &encryption),
+            ("SECURITY_POLICY_URL", &policy),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.starts_with("https://")) {
+                self.problem(key, "must be an https:// URL");
+            }
+        }
+        let expires = match self.optional("SECURITY_TXT_EXPIRES") {
+            None => None,
+            Some(text) => match chrono::DateTime::parse_from_rfc3339(&text) {
+                Ok(at) => Some(at.with_timezone(&chrono::Utc)),
+                Err(_) => {
+                    self.problem(
+                        "SECURITY_TXT_EXPIRES",
+                        format!("`{text}` is not an RFC 3339 date (2027-06-30T00:00:00Z)"),
+                    );
+                    None
+                }
+            },
+        };
+
+        if production {
+            let behind_https = tls.is_some() || !trusted_proxies.is_empty();
+            let plain_ok = allow_insecure.contains(&InsecureOverride::PlainHttp);
+            if !enforce && !behind_https {
+                if plain_ok {
+                    warnings.push("ALLOW_INSECURE=plain-http: production serves plain HTTP with no TLS, no proxy and no HTTPS enforcement".into());
+                } else {
+                    self.problem(
+                        "ENFORCE_HTTPS",
+                        "is off in production with neither TLS_CERT_FILE nor TRUSTED_PROXIES: fab would serve plain HTTP (set ALLOW_INSECURE=plain-http to accept that)",
+                    );
+                }
+            }
+            if enforce && !behind_https && !plain_ok {
+                self.problem(
+                    "ENFORCE_HTTPS",
+                    "needs TLS_CERT_FILE or TRUSTED_PROXIES: without either fab cannot see a request arrive over HTTPS and would redirect every request",
+                );
+            }
+        }
+        if !trusted_proxies.is_empty()
+            && trusted_proxies
+                .iter()
+                .any(|n| n.to_string().ends_with("/0"))
+        {
+            warnings.push(
+                "TRUSTED_PROXIES contains a /0 network: every client may set X-Forwarded-For"
+                    .into(),
+            );
+        }
+        EdgeSettings {
+            csp,
+            https: HttpsSettings {
+                enforce,
+                exempt_paths,
+                hsts_max_age,
+                hsts_include_subdomains,
+                hsts_preload,
+            },
+            trusted_proxies,
+            tls,
+            limits,
+            health_access,
+            trusted_networks,
+            contact: SecurityContact {
+                contact: contact_items,
+                encryption,
+                policy,
+                expires,
+            },
+            allow_insecure: allow_insecure.to_vec(),
+        }
     }
 
     fn seconds(&mut self, key: &'static str, default: i64, min: i64, max: i64) -> Duration {
@@ -803,19 +1424,26 @@ impl Config {
                 "PERMANENT_SESSION_LIFETIME is shorter than SESSION_TIMEOUT; sessions end at the absolute lifetime".into(),
             );
         }
+        let allow_insecure = r.allow_insecure();
         let cookie_secure = r.bool("SESSION_COOKIE_SECURE", production);
-        if production && !cookie_secure {
-            r.problem(
-                "SESSION_COOKIE_SECURE",
-                "must be true in production: the session cookie would travel over plain HTTP",
-            );
-        }
         let cookie_http_only = r.bool("SESSION_COOKIE_HTTPONLY", true);
-        if production && !cookie_http_only {
-            r.problem(
-                "SESSION_COOKIE_HTTPONLY",
-                "must be true in production: scripts could read the session cookie",
-            );
+        if production && (!cookie_secure || !cookie_http_only) {
+            if allow_insecure.contains(&InsecureOverride::InsecureCookies) {
+                warnings.push(
+                    "ALLOW_INSECURE=insecure-cookies: the session cookie lacks Secure or HttpOnly in production".into(),
+                );
+            } else if !cookie_secure {
+                r.problem(
+                    "SESSION_COOKIE_SECURE",
+                    "must be true in production: the session cookie would travel over plain HTTP",
+                );
+            }
+            if !cookie_http_only && !allow_insecure.contains(&InsecureOverride::InsecureCookies) {
+                r.problem(
+                    "SESSION_COOKIE_HTTPONLY",
+                    "must be true in production: scripts could read the session cookie",
+                );
+            }
         }
         let same_site_text = r.string("SESSION_COOKIE_SAMESITE", "Lax");
         let same_site = match same_site_text.trim().to_ascii_lowercase().as_str() {
@@ -914,6 +1542,8 @@ impl Config {
             ..PasswordPolicy::default()
         };
 
+        let edge = r.edge(production, &allow_insecure, &mut warnings);
+
         if !r.problems.is_empty() {
             return ConfigReport {
                 config: None,
@@ -957,6 +1587,7 @@ impl Config {
             template_folder,
             log_filter,
             log_format,
+            edge,
             warnings: warnings.clone(),
             effective: r.effective.clone(),
         };
@@ -1028,7 +1659,11 @@ mod tests {
             text.contains("SESSION_TIMEOUT: `soon` is not a duration"),
             "{text}"
         );
-        assert_eq!(errors.0.len(), 4);
+        assert!(
+            text.contains("ENFORCE_HTTPS: needs TLS_CERT_FILE or TRUSTED_PROXIES"),
+            "{text}"
+        );
+        assert_eq!(errors.0.len(), 5);
     }
 
     #[test]
@@ -1060,7 +1695,7 @@ mod tests {
         let report = Config::check(&r);
         assert!(report.config.is_none());
         let keys: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["SESSION_TIMEOUT", "SECRET_KEY"]);
+        assert_eq!(keys, ["SESSION_TIMEOUT", "SECRET_KEY", "ENFORCE_HTTPS"]);
         assert!(
             report
                 .effective

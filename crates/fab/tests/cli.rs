@@ -817,6 +817,7 @@ fn serve_in_production_never_migrates_and_names_the_command() {
     let mut site = Site::new();
     site.set("FAB_ENV", "production")
         .set("SECRET_KEY", &"k".repeat(48))
+        .set("TRUSTED_PROXIES", "127.0.0.1")
         .set("PASSWORD_HASH_MEMORY_KIB", "19456")
         .set("PASSWORD_HASH_ITERATIONS", "2");
     let error = site.fails(&["serve", "--bind", "127.0.0.1:0"]);
