@@ -39,6 +39,14 @@ use std::sync::Arc;
 pub use principal::Principal;
 pub use templates::TemplateError;
 
+/// How a request's connection reached fab. The server inserts it into every request's
+/// extensions (beside `ConnectInfo<SocketAddr>`); a request without it came over plain TCP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transport {
+    /// The connection is TLS terminated by fab itself.
+    pub tls: bool,
+}
+
 /// Why the web layer could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
