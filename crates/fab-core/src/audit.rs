@@ -37,6 +37,8 @@ pub enum AuditKind {
     AdminPermissionChange,
     /// Sessions were revoked by an operator.
     AdminSessionRevoke,
+    /// A browser reported a Content-Security-Policy violation.
+    SecurityCspViolation,
 }
 
 impl AuditKind {
@@ -55,11 +57,12 @@ impl AuditKind {
             AuditKind::AdminPasswordReset => "admin.password_reset",
             AuditKind::AdminPermissionChange => "admin.permission_change",
             AuditKind::AdminSessionRevoke => "admin.session_revoke",
+            AuditKind::SecurityCspViolation => "security.csp_violation",
         }
     }
 
     /// Every kind, for documentation and filters.
-    pub const ALL: [AuditKind; 12] = [
+    pub const ALL: [AuditKind; 13] = [
         AuditKind::UserLogin,
         AuditKind::UserLogout,
         AuditKind::UserFailedLogin,
@@ -72,6 +75,7 @@ impl AuditKind {
         AuditKind::AdminPasswordReset,
         AuditKind::AdminPermissionChange,
         AuditKind::AdminSessionRevoke,
+        AuditKind::SecurityCspViolation,
     ];
 }
 

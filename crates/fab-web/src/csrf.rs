@@ -11,8 +11,9 @@
 //! The session cookie's `SameSite=Lax` is the second, independent barrier.
 //!
 //! # Deployment caveat
-//! Behind a proxy that rewrites `Host`, the origin check compares against the rewritten value:
-//! make the proxy pass the original `Host` (`proxy_set_header Host $host;`).
+//! Behind a proxy the origin is compared with the host the client addressed: the trusted
+//! proxy's `X-Forwarded-Host`, else `Host`. Make the proxy pass the original `Host`
+//! (`proxy_set_header Host $host;`).
 
 use crate::error::Failure;
 use axum::extract::Request;
@@ -20,9 +21,19 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
+/// Paths that take anonymous, state-free posts from the browser itself (CSP reports).
+const EXEMPT: &[&str] = &["/csp-report"];
+
 /// Middleware: answers 403 to cross-site state-changing requests.
 pub(crate) async fn refuse_cross_site(request: Request, next: Next) -> Response {
-    if is_safe(request.method()) || same_origin(request.headers()) {
+    let host = request
+        .extensions()
+        .get::<crate::client::ClientInfo>()
+        .and_then(|c| c.host.clone());
+    if is_safe(request.method())
+        || EXEMPT.contains(&request.uri().path())
+        || same_origin(request.headers(), host.as_deref())
+    {
         return next.run(request).await;
     }
     tracing::warn!(path = %request.uri().path(), "cross-site request refused");
@@ -36,14 +47,16 @@ fn is_safe(method: &Method) -> bool {
     )
 }
 
-fn same_origin(headers: &HeaderMap) -> bool {
+/// `host` is the host the client addressed (the trusted proxy's `X-Forwarded-Host`, else
+/// `Host`), as [`crate::client`] resolved it.
+fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return matches!(site.to_str(), Ok("same-origin" | "none"));
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(host) = host else {
         return false;
     };
     let Ok(origin) = origin.to_str() else {
@@ -66,6 +79,11 @@ fn same_origin(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn same_origin(headers: &HeaderMap) -> bool {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        super::same_origin(headers, host)
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

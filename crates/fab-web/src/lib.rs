@@ -5,23 +5,27 @@
 //! same table builds the router and answers [`declared_grants`], so a route cannot exist without
 //! its permission being known to `sync_permissions` and `fab security-cleanup`.
 //!
-//! Layers, outermost first: response headers (so even refusals carry them), client info, body
-//! limit, cross-site request refusal, principal resolution (session cookie or bearer token), then
-//! the per-route access check.
+//! Layers, outermost first: client info (IP, scheme and host, believing forwarded headers from
+//! trusted proxies only), response headers (so even refusals carry them), request timeout, HTTPS
+//! enforcement, cross-site request refusal, principal resolution (session cookie or bearer
+//! token), error pages, then per route its body limit and its access check.
 
 mod api;
 mod client;
+mod csp_report;
 mod csrf;
 mod error;
 mod flash;
 mod forms;
 mod headers;
 mod health;
+mod https;
 mod jwt;
 mod login;
 mod pages;
 mod principal;
 mod routes;
+mod security_txt;
 mod session_cookie;
 mod state;
 mod templates;

@@ -8,7 +8,7 @@
 use crate::error::Failure;
 use crate::principal::Principal;
 use crate::state::AppState;
-use crate::{api, client, csrf, headers, health, pages};
+use crate::{api, client, csp_report, csrf, headers, health, https, pages, security_txt};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -229,6 +229,13 @@ pub(crate) fn table() -> Vec<Route> {
         ),
         route("/health", Access::Anyone, get(health::live)),
         route("/health/ready", Access::Anyone, get(health::ready)),
+        route("/health/security", Access::Anyone, get(health::security)),
+        route("/csp-report", Access::Anyone, post(csp_report::receive)),
+        route(
+            "/.well-known/security.txt",
+            Access::Anyone,
+            get(security_txt::serve),
+        ),
         route("/static/{*path}", Access::Anyone, get(pages::assets::serve)),
     ]
 }
@@ -252,12 +259,20 @@ pub(crate) fn declared_grants() -> Vec<Grant> {
     grants
 }
 
-/// Largest request body accepted (forms and JSON). Bodies are small key/value sets; 64 KiB
-/// leaves room for a role's full permission list while refusing floods early.
-const BODY_LIMIT: usize = 64 * 1024;
+/// The body limit of a route: API bodies, CSP reports, and forms for everything else.
+fn body_limit(path: &str, limits: &fab_core::config::RequestLimits) -> usize {
+    if crate::error::is_api_path(path) {
+        limits.body_api
+    } else if path == "/csp-report" {
+        csp_report::REPORT_BODY_LIMIT
+    } else {
+        limits.body_form
+    }
+}
 
 /// The router with every layer.
 pub(crate) fn build(state: AppState) -> Router {
+    let limits = state.parts.config.edge.limits.clone();
     let mut router: Router<AppState> = Router::new();
     for Route {
         path,
@@ -265,10 +280,10 @@ pub(crate) fn build(state: AppState) -> Router {
         handler,
     } in table()
     {
-        router = router.route(
-            path,
-            handler.route_layer(middleware::from_fn_with_state(access, enforce)),
-        );
+        let handler = handler
+            .route_layer(middleware::from_fn_with_state(access, enforce))
+            .layer(DefaultBodyLimit::max(body_limit(path, &limits)));
+        router = router.route(path, handler);
     }
     router
         .fallback(not_found)
@@ -281,9 +296,25 @@ pub(crate) fn build(state: AppState) -> Router {
             crate::principal::resolve_principal,
         ))
         .layer(middleware::from_fn(csrf::refuse_cross_site))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(client::attach_client_info))
-        .layer(middleware::from_fn(headers::security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            https::enforce_https,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits
+                .request_timeout
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(30)),
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            headers::security_headers,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            client::attach_client_info,
+        ))
         .with_state(state)
 }
 
@@ -334,6 +365,9 @@ mod tests {
                     | "/api/v1/security/refresh"
                     | "/health"
                     | "/health/ready"
+                    | "/health/security"
+                    | "/csp-report"
+                    | "/.well-known/security.txt"
                     | "/static/{*path}"
             );
             assert_eq!(

@@ -20,6 +20,10 @@ pub(crate) struct Inner {
     pub jwt: JwtKeys,
     /// Key for signing flash messages; derived from SECRET_KEY so it is never the key itself.
     pub flash_key: Secret,
+    /// How many CSP reports may still be recorded this minute.
+    pub csp_reports: crate::csp_report::ReportBudget,
+    /// When security.txt expires if no date is configured: fixed at start-up.
+    pub security_txt_expires: chrono::DateTime<chrono::Utc>,
 }
 
 impl Deref for AppState {
@@ -35,11 +39,19 @@ impl AppState {
         let jwt = JwtKeys::new(&derive_key(&parts.config.secret_key, "fab jwt v1"))
             .map_err(|e| SetupError::Keys(e.to_string()))?;
         let flash_key = derive_key(&parts.config.secret_key, "fab flash v1");
+        let security_txt_expires = parts
+            .config
+            .edge
+            .contact
+            .expires
+            .unwrap_or_else(|| parts.clock.now() + chrono::Duration::days(180));
         Ok(Self(Arc::new(Inner {
             parts,
             templates,
             jwt,
             flash_key,
+            csp_reports: crate::csp_report::ReportBudget::default(),
+            security_txt_expires,
         })))
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Page {
     pub principal: Principal,
     pub headers: HeaderMap,
     pub path: String,
+    /// This response's CSP nonce.
+    pub nonce: String,
 }
 
 impl FromRequestParts<AppState> for Page {
@@ -44,6 +46,7 @@ impl FromRequestParts<AppState> for Page {
             principal,
             headers: parts.headers.clone(),
             path: parts.uri.path().to_owned(),
+            nonce: nonce_of(&parts.extensions),
         })
     }
 }
@@ -123,6 +126,8 @@ impl Page {
             can_userinfo => self.principal.allows_names("can_userinfo", views::USERS),
             flash => crate::flash::read(&self.state, &self.headers),
             development => !self.state.parts.config.is_production(),
+            csp_nonce => self.nonce.clone(),
+            security_contact => crate::security_txt::display_contact(&self.state),
         }
     }
 
@@ -174,6 +179,7 @@ pub(crate) async fn render_error_pages(
     next: Next,
 ) -> Response {
     let principal = request.extensions().get::<Principal>().cloned();
+    let nonce = nonce_of(request.extensions());
     let headers = request.headers().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
@@ -189,6 +195,7 @@ pub(crate) async fn render_error_pages(
         principal,
         headers,
         path,
+        nonce,
     };
     let extra = context! {
         status => status.as_u16(),
@@ -211,6 +218,13 @@ pub(crate) async fn render_error_pages(
             response
         }
     }
+}
+
+fn nonce_of(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<crate::headers::CspNonce>()
+        .map(|n| n.0.clone())
+        .unwrap_or_default()
 }
 
 /// Parses a path id, or answers 404 (an id that cannot exist is simply not found).
