@@ -13,6 +13,7 @@ pub mod error;
 pub mod net;
 pub mod password;
 pub mod random;
+pub mod ratelimit;
 pub mod rbac;
 pub mod secret;
 pub mod session;
