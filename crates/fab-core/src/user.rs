@@ -74,6 +74,11 @@ impl User {
         }
     }
 
+    /// How audit records name this user: `user:42 alice`.
+    pub fn audit_target(&self) -> String {
+        format!("user:{} {}", self.id, self.username)
+    }
+
     /// Whether the user holds a role of that name.
     pub fn has_role(&self, name: &str) -> bool {
         self.roles.iter().any(|role| role.name == name)

@@ -762,7 +762,7 @@ async fn malformed_requests_get_clear_4xx(backend: Backend) {
                 reqwest::Method::POST,
                 "/api/v1/security/login",
                 &[],
-                Some(("application/json", vec![b' '; 200_000])),
+                Some(("application/json", vec![b' '; 2_000_000])),
             )
             .await,
             413,

@@ -65,7 +65,7 @@ pub(crate) async fn authenticate(
             return Ok(None);
         }
     };
-    let target = format!("user:{} {}", user.id, user.username);
+    let target = user.audit_target();
     let actor = Some(Actor {
         user_id: Some(user.id),
         name: user.username.clone(),

@@ -60,6 +60,28 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Starts a session for `user` at `stage` (a new 256-bit token, stored by its hash) and returns
+/// the `Set-Cookie` that hands the token to the browser.
+pub(crate) async fn start_session(
+    state: &crate::state::AppState,
+    user: fab_core::user::UserId,
+    stage: fab_core::session::SessionStage,
+    client: &crate::client::ClientInfo,
+) -> Result<HeaderValue, crate::error::Failure> {
+    let parts = &state.parts;
+    let token = SessionToken::generate(parts.rng.as_ref());
+    let record = parts.config.session.policy.new_record(
+        &token,
+        user,
+        stage,
+        parts.clock.now(),
+        client.ip.clone(),
+        client.user_agent.clone(),
+    );
+    parts.sessions.create(&record).await?;
+    Ok(set_cookie(&parts.config.session, &token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,10 +140,6 @@ pub async fn user_by_id(parts: &AppParts, id: i64) -> Result<User, AppError> {
         .ok_or(AppError::NoSuchUserId(id))
 }
 
-fn target(user: &User) -> String {
-    format!("user:{} {}", user.id, user.username)
-}
-
 /// What a password reset did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PasswordReset {
@@ -162,7 +158,7 @@ pub async fn reset_password(
 ) -> Result<PasswordReset, AppError> {
     check_password(parts, &password, &user.username, &user.email)?;
     let hash = hash_password(parts, password).await?;
-    let audit = operator_event(parts, AuditKind::AdminPasswordReset, actor).on(target(user));
+    let audit = operator_event(parts, AuditKind::AdminPasswordReset, actor).on(user.audit_target());
     parts
         .store
         .set_password_hash(user.id, &hash, None, Some(&audit))
@@ -200,7 +196,7 @@ pub async fn set_active(
         AuditKind::AdminUserDisable
     };
     let audit = operator_event(parts, kind, actor)
-        .on(target(user))
+        .on(user.audit_target())
         .with_detail(serde_json::json!({ "was_active": user.active }));
     // Counted first: a store may end the sessions itself in the same transaction (the SQL store
     // does), and the operator is told how many ended either way.
@@ -247,7 +243,10 @@ pub async fn end_sessions(
     actor: &Actor,
 ) -> Result<u64, AppError> {
     let (ended, on) = match scope {
-        SessionScope::User(user) => (parts.sessions.delete_for_user(user.id).await?, target(user)),
+        SessionScope::User(user) => (
+            parts.sessions.delete_for_user(user.id).await?,
+            user.audit_target(),
+        ),
         SessionScope::All => (
             parts.sessions.delete_all().await?,
             "all sessions".to_owned(),

@@ -8,13 +8,13 @@ use crate::client::ClientInfo;
 use crate::error::{Failure, PageError};
 use crate::forms::FormData;
 use crate::login::hash_new_password;
-use crate::session_cookie::set_cookie;
+use crate::session_cookie::start_session;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use fab_core::ValidationError;
 use fab_core::audit::AuditKind;
 use fab_core::secret::Secret;
-use fab_core::session::{SessionStage, SessionToken};
+use fab_core::session::SessionStage;
 use minijinja::context;
 
 /// `GET /users/userinfo/`.
@@ -85,34 +85,18 @@ pub(crate) async fn reset_my_password(
         }
         Err(other) => return Err(PageError(other)),
     };
-    let event = page.audit(
-        AuditKind::UserPasswordChange,
-        format!("user:{} {}", me.id, me.username),
-        &client,
-    );
+    let event = page.audit(AuditKind::UserPasswordChange, me.audit_target(), &client);
     parts
         .store
         .set_password_hash(me.id, &hash, Some(me.id), Some(&event))
         .await?;
     parts.sessions.delete_for_user(me.id).await?;
-    let token = SessionToken::generate(parts.rng.as_ref());
-    let record = parts.config.session.policy.new_record(
-        &token,
-        me.id,
-        SessionStage::Authenticated,
-        parts.clock.now(),
-        client.ip.clone(),
-        client.user_agent.clone(),
-    );
-    parts.sessions.create(&record).await?;
+    let cookie = start_session(&page.state, me.id, SessionStage::Authenticated, &client).await?;
     let mut response = crate::flash::redirect_with(
         &page.state,
         "/users/userinfo/",
         "Your password was changed; your other sessions have ended.",
     );
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(&parts.config.session, &token),
-    );
+    response.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(response)
 }

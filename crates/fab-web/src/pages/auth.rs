@@ -9,13 +9,13 @@ use crate::client::ClientInfo;
 use crate::error::PageError;
 use crate::forms::FormData;
 use crate::login::{INVALID_LOGIN, actor_of, authenticate};
-use crate::session_cookie::{clear_cookie, set_cookie};
+use crate::session_cookie::{clear_cookie, start_session};
 use axum::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use fab_core::audit::{AuditEvent, AuditKind, Outcome};
 use fab_core::secret::Secret;
-use fab_core::session::{SessionStage, SessionToken};
+use fab_core::session::SessionStage;
 use minijinja::context;
 use serde::Deserialize;
 
@@ -64,21 +64,9 @@ pub(crate) async fn login(
     if let Some(old) = page.principal.session() {
         parts.sessions.delete(old).await?;
     }
-    let token = SessionToken::generate(parts.rng.as_ref());
-    let record = parts.config.session.policy.new_record(
-        &token,
-        user.id,
-        SessionStage::Authenticated,
-        parts.clock.now(),
-        client.ip.clone(),
-        client.user_agent.clone(),
-    );
-    parts.sessions.create(&record).await?;
+    let cookie = start_session(&page.state, user.id, SessionStage::Authenticated, &client).await?;
     let mut response = Redirect::to(&next).into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(&parts.config.session, &token),
-    );
+    response.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
@@ -99,7 +87,7 @@ pub(crate) async fn logout(page: Page, client: ClientInfo) -> Result<Response, P
         if let Some(user) = page.principal.user() {
             let event = AuditEvent::new(AuditKind::UserLogout, Outcome::Success, parts.clock.now())
                 .by(actor_of(&page.principal))
-                .on(format!("user:{} {}", user.user.id, user.user.username))
+                .on(user.user.audit_target())
                 .from_origin(client.origin());
             parts.store.record(&event).await?;
         }

@@ -336,11 +336,7 @@ pub(crate) async fn edit(
         return form_again(&page, "edit", Some(user.id), &profile, failure).await;
     }
     let event = page
-        .audit(
-            AuditKind::AdminUserUpdate,
-            format!("user:{} {}", user.id, user.username),
-            &client,
-        )
+        .audit(AuditKind::AdminUserUpdate, user.audit_target(), &client)
         .with_detail(serde_json::json!({
             "active": profile.active,
             "roles": profile.roles.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -374,11 +370,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, PageError> {
     let user = load_user(&page, &id).await?;
     guard_admin_lockout(&page, &user, false).await?;
-    let event = page.audit(
-        AuditKind::AdminUserDelete,
-        format!("user:{} {}", user.id, user.username),
-        &client,
-    );
+    let event = page.audit(AuditKind::AdminUserDelete, user.audit_target(), &client);
     page.state.parts.sessions.delete_for_user(user.id).await?;
     page.state.parts.store.delete_user(user.id, &event).await?;
     Ok(crate::flash::redirect_with(
@@ -394,24 +386,7 @@ pub(crate) async fn disable(
     client: ClientInfo,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let user = load_user(&page, &id).await?;
-    guard_admin_lockout(&page, &user, false).await?;
-    let event = page.audit(
-        AuditKind::AdminUserDisable,
-        format!("user:{} {}", user.id, user.username),
-        &client,
-    );
-    page.state
-        .parts
-        .store
-        .set_user_active(user.id, false, page.user_id(), &event)
-        .await?;
-    let ended = page.state.parts.sessions.delete_for_user(user.id).await?;
-    Ok(crate::flash::redirect_with(
-        &page.state,
-        &format!("/users/show/{}", user.id),
-        &format!("User {} disabled; {ended} session(s) ended.", user.username),
-    ))
+    set_active(page, client, &id, false).await
 }
 
 /// `POST /users/enable/{id}`.
@@ -420,21 +395,44 @@ pub(crate) async fn enable(
     client: ClientInfo,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let user = load_user(&page, &id).await?;
-    let event = page.audit(
-        AuditKind::AdminUserEnable,
-        format!("user:{} {}", user.id, user.username),
-        &client,
-    );
+    set_active(page, client, &id, true).await
+}
+
+async fn set_active(
+    page: Page,
+    client: ClientInfo,
+    id: &str,
+    active: bool,
+) -> Result<Response, PageError> {
+    let user = load_user(&page, id).await?;
+    if !active {
+        guard_admin_lockout(&page, &user, false).await?;
+    }
+    let kind = if active {
+        AuditKind::AdminUserEnable
+    } else {
+        AuditKind::AdminUserDisable
+    };
+    let event = page.audit(kind, user.audit_target(), &client);
+    let sessions = &page.state.parts.sessions;
+    let open = sessions.list_for_user(user.id).await?.len();
     page.state
         .parts
         .store
-        .set_user_active(user.id, true, page.user_id(), &event)
+        .set_user_active(user.id, active, page.user_id(), &event)
         .await?;
+    let message = if active {
+        format!("User {} enabled.", user.username)
+    } else {
+        // The SQL store ends the sessions in the same transaction as the change; a session store
+        // elsewhere (memory, Redis) needs this call.
+        sessions.delete_for_user(user.id).await?;
+        format!("User {} disabled; {open} session(s) ended.", user.username)
+    };
     Ok(crate::flash::redirect_with(
         &page.state,
         &format!("/users/show/{}", user.id),
-        &format!("User {} enabled.", user.username),
+        &message,
     ))
 }
 
@@ -447,11 +445,7 @@ pub(crate) async fn clear_sessions(
     let user = load_user(&page, &id).await?;
     let ended = page.state.parts.sessions.delete_for_user(user.id).await?;
     let event = page
-        .audit(
-            AuditKind::AdminSessionRevoke,
-            format!("user:{} {}", user.id, user.username),
-            &client,
-        )
+        .audit(AuditKind::AdminSessionRevoke, user.audit_target(), &client)
         .with_detail(serde_json::json!({ "sessions_ended": ended }));
     page.state.parts.store.record(&event).await?;
     Ok(crate::flash::redirect_with(
@@ -502,11 +496,7 @@ pub(crate) async fn reset_password(
         }
         Err(other) => return Err(PageError(other)),
     };
-    let event = page.audit(
-        AuditKind::AdminPasswordReset,
-        format!("user:{} {}", user.id, user.username),
-        &client,
-    );
+    let event = page.audit(AuditKind::AdminPasswordReset, user.audit_target(), &client);
     page.state
         .parts
         .store
