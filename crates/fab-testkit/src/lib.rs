@@ -8,6 +8,7 @@ pub mod client;
 pub mod conformance;
 pub mod database;
 pub mod random;
+pub mod ratelimit_conformance;
 pub mod server;
 
 pub use client::TestClient;

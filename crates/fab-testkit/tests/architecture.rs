@@ -76,7 +76,7 @@ fn dependencies_point_inward() {
         "fab-core depends on {:?}",
         fab_crates(&core)
     );
-    for inner in ["fab-store", "fab-web"] {
+    for inner in ["fab-store", "fab-redis", "fab-web"] {
         let deps = dependencies(&metadata, inner);
         assert_eq!(
             fab_crates(&deps),
@@ -92,6 +92,7 @@ fn only_fab_web_knows_http_and_only_fab_store_knows_sql() {
     let forbidden: &[(&str, &[&[&str]])] = &[
         ("fab-core", &[HTTP, SQL, REDIS, &["tokio"]]),
         ("fab-store", &[HTTP, REDIS]),
+        ("fab-redis", &[HTTP, SQL]),
         ("fab-web", &[SQL, REDIS]),
     ];
     for (package, groups) in forbidden {
