@@ -203,6 +203,8 @@ fn cleanup(runtime: &Runtime) {
 
 fn limiter_benches(c: &mut Criterion) {
     let runtime = runtime();
+    // The Redis client is opened inside the runtime it will run on.
+    let _inside = runtime.enter();
     percentiles(&runtime);
 
     let mut group = c.benchmark_group("ratelimit");
