@@ -77,7 +77,7 @@ impl Shard {
     }
 }
 
-/// Rate-limit state in process memory. Clones share nothing; wrap it in an `Arc` to share.
+/// Rate-limit state in process memory. Share one limiter behind an `Arc`.
 pub struct MemoryRateLimiter {
     clock: Arc<dyn Clock>,
     shards: Box<[Mutex<Shard>]>,
