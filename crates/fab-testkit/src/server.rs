@@ -40,7 +40,7 @@ pub fn test_epoch() -> DateTime<Utc> {
 
 /// A running server and handles on its insides.
 pub struct TestServer {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when the settings name a TLS certificate).
     pub url: String,
     /// The listening address.
     pub addr: SocketAddr,
@@ -179,16 +179,22 @@ impl TestServer {
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
+        // TLS_CERT_FILE/TLS_KEY_FILE in the settings make it an HTTPS server, as in `fab serve`.
+        let edge = fab::listener::Edge::new(listener, &config).expect("usable TLS files");
+        let scheme = if edge.is_tls() { "https" } else { "http" };
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = app
-                .serve(listener, async move {
+            let served = app
+                .serve_on(edge, async move {
                     let _ = stop.await;
                 })
                 .await;
+            if let Err(error) = served {
+                eprintln!("test server failed: {error}");
+            }
         });
         TestServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             clock,
             config,

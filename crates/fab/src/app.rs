@@ -7,6 +7,8 @@
 //! server can run as a database role that may only read and write rows.
 
 use crate::accounts::{self, NewAccount};
+use crate::listener::Edge;
+use crate::tls::TlsError;
 use fab_core::audit::Actor;
 use fab_core::clock::Clock;
 use fab_core::config::{Config, DatabaseUrl, SessionBackend};
@@ -19,7 +21,6 @@ use fab_core::{Secret, StoreError, ValidationError};
 use fab_store::{Database, MemorySessionStore};
 use fab_web::AppParts;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The command a backend is being built for.
@@ -93,9 +94,9 @@ pub enum AppError {
     /// The web application could not be built (e.g. an unreadable template override).
     #[error("cannot build the web application: {0}")]
     Web(String),
-    /// Serving failed.
-    #[error("server: {0}")]
-    Serve(std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// A blocking task (password hashing) did not finish.
     #[error("background task failed: {0}")]
     Task(String),
@@ -202,23 +203,30 @@ impl App {
     }
 
     /// Serves the application on `listener` until `shutdown` completes, then finishes the
-    /// requests in flight.
+    /// requests in flight. TLS and the connection limits come from the configuration (see
+    /// [`crate::listener`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let purge = tokio::spawn(purge_expired_sessions(self.parts.clone()));
-        let router = fab_web::router(self.parts).map_err(|e| AppError::Web(e.to_string()))?;
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve);
+        let edge = Edge::new(listener, &self.config)?;
+        self.serve_on(edge, shutdown).await
+    }
+
+    /// Serves the application on a prepared [`Edge`] (bound, certificate loaded) until
+    /// `shutdown` completes, then drains it.
+    pub async fn serve_on(
+        self,
+        edge: Edge,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let router =
+            fab_web::router(self.parts.clone()).map_err(|e| AppError::Web(e.to_string()))?;
+        let purge = tokio::spawn(purge_expired_sessions(self.parts));
+        let served = edge.serve(router, shutdown).await;
         purge.abort();
-        served
+        Ok(served?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `fab` binary's library: configuration loading ([`settings`], the only code in the
 //! workspace that reads the environment or a file), backend wiring and the server ([`app`], the
-//! only place a concrete backend is chosen), operator actions on accounts ([`accounts`]), logging
-//! ([`logging`]) and the command line ([`cli`]).
+//! only place a concrete backend is chosen), how connections reach it ([`listener`]: the accept
+//! loop, its limits and graceful shutdown; [`tls`]: the certificate and its reloading), operator
+//! actions on accounts ([`accounts`]), logging ([`logging`]) and the command line ([`cli`]).
 //!
 //! The binary in `main.rs` only parses the arguments and hands them, with the process
 //! environment, to [`cli::run`].
@@ -9,5 +10,7 @@
 pub mod accounts;
 pub mod app;
 pub mod cli;
+pub mod listener;
 pub mod logging;
 pub mod settings;
+pub mod tls;
