@@ -8,6 +8,7 @@
 
 use crate::accounts::{self, NewAccount, SessionScope};
 use crate::app::{self, AdminBootstrap, App, AppError, StartMode};
+use crate::listener::Edge;
 use crate::logging::{self, LogFilterError};
 use crate::settings::{self, SettingsError};
 use clap::{Args, Parser, Subcommand};
@@ -15,7 +16,7 @@ use comfy_table::{ContentArrangement, Table, presets};
 use fab_core::Secret;
 use fab_core::audit::{Actor, AuditKind};
 use fab_core::clock::SystemClock;
-use fab_core::config::{Config, ConfigReport};
+use fab_core::config::{Config, ConfigReport, InsecureOverride};
 use fab_core::random::OsRandom;
 use fab_core::rbac::{ADMIN_ROLE, RoleExport, validate_role_name};
 use fab_core::store::UserQuery;
@@ -47,11 +48,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the web application (creates the first admin when there is none).
-    Serve {
-        /// Address to listen on (default FAB_BIND, else 127.0.0.1:8080).
-        #[arg(long, value_name = "HOST:PORT")]
-        bind: Option<SocketAddr>,
-    },
+    Serve(ServeArgs),
     /// Database schema: apply or inspect migrations.
     #[command(subcommand)]
     Db(DbCommand),
@@ -107,6 +104,20 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `fab serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default FAB_BIND, else 127.0.0.1:8080).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (overrides TLS_CERT_FILE; needs --tls-key).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (overrides TLS_KEY_FILE).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `fab db ...`.
@@ -301,8 +312,8 @@ pub async fn run(cli: Cli, env: Vec<(String, String)>) -> ExitCode {
 
 async fn dispatch(context: &Context, command: Command) -> Result<Option<Report>, CliError> {
     let report = match command {
-        Command::Serve { bind } => {
-            serve(context, bind).await?;
+        Command::Serve(args) => {
+            serve(context, args).await?;
             return Ok(None);
         }
         Command::Db(DbCommand::Upgrade) => db_upgrade(context).await?,
@@ -325,10 +336,16 @@ async fn dispatch(context: &Context, command: Command) -> Result<Option<Report>,
     Ok(Some(report))
 }
 
-async fn serve(context: &Context, bind: Option<SocketAddr>) -> Result<(), CliError> {
+async fn serve(context: &Context, args: ServeArgs) -> Result<(), CliError> {
+    let context = with_tls_flags(context, &args)?;
     let mut config = context.load_config()?;
-    if let Some(bind) = bind {
+    if let Some(bind) = args.bind {
         config.bind = bind;
+    }
+    let warnings = startup_warnings(&config);
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+        tracing::warn!(%warning, "configuration warning");
     }
     let app = App::build(
         Arc::new(config),
@@ -344,10 +361,11 @@ async fn serve(context: &Context, bind: Option<SocketAddr>) -> Result<(), CliErr
     let local = listener
         .local_addr()
         .map_err(|source| CliError::Bind { addr, source })?;
-    // After binding: a generated password must not be lost to a busy port.
+    // The certificate is loaded before the first admin is created, for the same reason.
+    let edge = Edge::new(listener, &app.config).map_err(AppError::from)?;
     let bootstrap = app::ensure_admin(&app.parts).await?;
     let shutdown = shutdown_signal();
-    let url = browser_url(local);
+    let url = browser_url(local, edge.is_tls());
     let production = app.config.is_production();
     if !production {
         eprintln!(
@@ -394,25 +412,72 @@ async fn serve(context: &Context, bind: Option<SocketAddr>) -> Result<(), CliErr
             "url": url,
             "environment": if production { "production" } else { "development" },
             "admin_created": admin_json,
+            "tls": edge.is_tls(),
+            "warnings": warnings,
         });
         println!("{event}");
     } else {
         print!("{lines}");
     }
-    tracing::info!(%local, "serving");
-    app.serve(listener, shutdown).await?;
+    tracing::info!(%local, tls = edge.is_tls(), "serving");
+    app.serve_on(edge, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// `context` with `--tls-cert`/`--tls-key` in place of `TLS_CERT_FILE`/`TLS_KEY_FILE`. They go in
+/// before validation, so the production checks (HTTPS needs TLS or a trusted proxy) see them.
+fn with_tls_flags(context: &Context, args: &ServeArgs) -> Result<Context, CliError> {
+    let mut env = context.env.clone();
+    for (name, flag, path) in [
+        ("TLS_CERT_FILE", "--tls-cert", &args.tls_cert),
+        ("TLS_KEY_FILE", "--tls-key", &args.tls_key),
+    ] {
+        let Some(path) = path else { continue };
+        let text = path
+            .to_str()
+            .ok_or_else(|| CliError::Usage(format!("{flag}: the path is not valid UTF-8")))?;
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.to_owned(), text.to_owned()));
+    }
+    Ok(Context {
+        config_path: context.config_path.clone(),
+        json: context.json,
+        env,
+    })
+}
+
+/// What `fab serve` says before it starts: every configuration warning, and every
+/// `ALLOW_INSECURE` override in force, whether or not this configuration needed it.
+fn startup_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = config.warnings.clone();
+    for allowed in &config.edge.allow_insecure {
+        let name = format!("ALLOW_INSECURE={}", allowed.name());
+        if warnings.iter().any(|warning| warning.contains(&name)) {
+            continue;
+        }
+        let what = match allowed {
+            InsecureOverride::PlainHttp => {
+                "production may serve plain HTTP with no TLS, no trusted proxy and no HTTPS enforcement"
+            }
+            InsecureOverride::InsecureCookies => {
+                "production may send the session cookie without Secure or HttpOnly"
+            }
+        };
+        warnings.push(format!("{name} is in force: {what}"));
+    }
+    warnings
+}
+
 /// The URL a person opens for a listen address: a wildcard address is reached on loopback.
-fn browser_url(addr: SocketAddr) -> String {
+fn browser_url(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}/", SocketAddr::new(ip, addr.port()))
 }
 
 /// A future that completes on SIGTERM or ctrl-c. The handlers are installed by this call, not
@@ -957,13 +1022,91 @@ mod tests {
     #[test]
     fn wildcard_listen_addresses_open_on_loopback() {
         assert_eq!(
-            browser_url("0.0.0.0:8080".parse().unwrap()),
+            browser_url("0.0.0.0:8080".parse().unwrap(), false),
             "http://127.0.0.1:8080/"
         );
-        assert_eq!(browser_url("[::]:80".parse().unwrap()), "http://[::1]:80/");
         assert_eq!(
-            browser_url("192.0.2.7:8443".parse().unwrap()),
-            "http://192.0.2.7:8443/"
+            browser_url("[::]:80".parse().unwrap(), false),
+            "http://[::1]:80/"
         );
+        assert_eq!(
+            browser_url("192.0.2.7:8443".parse().unwrap(), true),
+            "https://192.0.2.7:8443/"
+        );
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let only_cert = Cli::try_parse_from(["fab", "serve", "--tls-cert", "c.pem"]);
+        assert!(only_cert.is_err(), "--tls-cert needs --tls-key");
+        let only_key = Cli::try_parse_from(["fab", "serve", "--tls-key", "k.pem"]);
+        assert!(only_key.is_err(), "--tls-key needs --tls-cert");
+        let both =
+            Cli::try_parse_from(["fab", "serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .unwrap();
+        let Command::Serve(args) = both.command else {
+            panic!("parsed {:?}", both.command);
+        };
+        assert_eq!(args.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(args.tls_key.as_deref(), Some(Path::new("k.pem")));
+    }
+
+    #[test]
+    fn tls_flags_replace_the_environment_before_validation() {
+        let context = Context {
+            config_path: None,
+            json: false,
+            env: vec![
+                ("TLS_CERT_FILE".into(), "/etc/old/cert.pem".into()),
+                ("TLS_KEY_FILE".into(), "/etc/old/key.pem".into()),
+                ("FAB_ENV".into(), "development".into()),
+            ],
+        };
+        let args = ServeArgs {
+            bind: None,
+            tls_cert: Some("/etc/new/cert.pem".into()),
+            tls_key: Some("/etc/new/key.pem".into()),
+        };
+        let replaced = with_tls_flags(&context, &args).unwrap();
+        let value = |name: &str| -> Vec<&str> {
+            replaced
+                .env
+                .iter()
+                .filter(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+                .collect()
+        };
+        assert_eq!(value("TLS_CERT_FILE"), ["/etc/new/cert.pem"]);
+        assert_eq!(value("TLS_KEY_FILE"), ["/etc/new/key.pem"]);
+        assert_eq!(value("FAB_ENV"), ["development"]);
+    }
+
+    #[test]
+    fn startup_warnings_name_every_insecure_override_in_force() {
+        let mut raw = fab_core::config::RawConfig::new();
+        let origin = fab_core::config::Origin::Env("test".into());
+        for (key, value) in [
+            ("FAB_ENV", "development"),
+            ("SECRET_KEY", "a-development-secret-key-long-enough-0123"),
+            ("ALLOW_INSECURE", "plain-http,insecure-cookies"),
+        ] {
+            raw.set(
+                key,
+                fab_core::config::RawValue::Text(value.into()),
+                origin.clone(),
+            );
+        }
+        let config = Config::from_raw(&raw).unwrap();
+        let warnings = startup_warnings(&config);
+        for name in [
+            "ALLOW_INSECURE=plain-http",
+            "ALLOW_INSECURE=insecure-cookies",
+        ] {
+            assert_eq!(
+                warnings.iter().filter(|w| w.contains(name)).count(),
+                1,
+                "{name} once in {warnings:?}"
+            );
+        }
     }
 }
