@@ -224,9 +224,9 @@ impl App {
         let router =
             fab_web::router(self.parts.clone()).map_err(|e| AppError::Web(e.to_string()))?;
         let purge = tokio::spawn(purge_expired_sessions(self.parts));
-        let served = edge.serve(router, shutdown).await;
+        edge.serve(router, shutdown).await;
         purge.abort();
-        Ok(served?)
+        Ok(())
     }
 }
 

@@ -70,9 +70,18 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// A bound listener with everything it needs to serve: TLS when configured, and the limits.
 pub struct Edge {
     listener: TcpListener,
-    tls: Option<Arc<CertificateStore>>,
+    tls: Option<TlsListener>,
     limits: ConnectionLimits,
     drain_timeout: Duration,
+}
+
+/// fab's TLS: the certificate store, the acceptor built on it, and the task keeping it current.
+struct TlsListener {
+    store: Arc<CertificateStore>,
+    acceptor: TlsAcceptor,
+    /// [`crate::tls::watch`], created (SIGHUP handler installed) with the [`Edge`] and run while
+    /// it serves.
+    watcher: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// The configuration's limits that act on connections, in the units the server uses.
@@ -100,14 +109,24 @@ impl ConnectionLimits {
 impl Edge {
     /// Serves on `listener` with the configuration's limits, over TLS when `config.edge.tls`
     /// names a certificate: the pair is loaded now, and an unusable one is an error naming the
-    /// file and why.
+    /// file and why. With TLS, the SIGHUP handler is installed now too, so a SIGHUP sent once
+    /// the server has said it listens reloads the certificate instead of ending the process.
+    ///
+    /// Call it within a Tokio runtime (as anything holding a Tokio `TcpListener` is).
     pub fn new(listener: TcpListener, config: &Config) -> Result<Edge, TlsError> {
-        let tls = config
-            .edge
-            .tls
-            .as_ref()
-            .map(CertificateStore::load)
-            .transpose()?;
+        let tls = match &config.edge.tls {
+            None => None,
+            Some(settings) => {
+                let store = CertificateStore::load(settings)?;
+                let acceptor = TlsAcceptor::from(store.server_config()?);
+                let watcher = Box::pin(crate::tls::watch(Arc::clone(&store)));
+                Some(TlsListener {
+                    store,
+                    acceptor,
+                    watcher,
+                })
+            }
+        };
         Ok(Edge {
             listener,
             tls,
@@ -135,28 +154,24 @@ impl Edge {
 
     /// The certificate store, when serving TLS.
     pub fn certificates(&self) -> Option<&Arc<CertificateStore>> {
-        self.tls.as_ref()
+        self.tls.as_ref().map(|tls| &tls.store)
     }
 
     /// Serves `router` until `shutdown` completes, then drains (see the module docs).
-    pub async fn serve(
-        self,
-        router: Router,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), TlsError> {
+    pub async fn serve(self, router: Router, shutdown: impl Future<Output = ()> + Send) {
         let Edge {
             listener,
             tls,
             limits,
             drain_timeout,
         } = self;
-        let acceptor = match &tls {
-            Some(store) => Some(TlsAcceptor::from(store.server_config()?)),
-            None => None,
+        let (acceptor, watcher) = match tls {
+            Some(tls) => (
+                Some(tls.acceptor),
+                Some(AbortOnDrop(tokio::spawn(tls.watcher))),
+            ),
+            None => (None, None),
         };
-        let watcher = tls
-            .map(|store| tokio::spawn(crate::tls::watch(store)))
-            .map(AbortOnDrop);
         let shared = Arc::new(Shared {
             router,
             acceptor,
@@ -223,7 +238,6 @@ impl Edge {
             connections.shutdown().await;
         }
         drop(watcher);
-        Ok(())
     }
 }
 
@@ -536,5 +550,109 @@ impl hyper::body::Body for CountedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fab_core::config::{Origin, RawConfig, RawValue};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn config() -> Config {
+        let mut raw = RawConfig::new();
+        for (key, value) in [
+            ("FAB_ENV", "development"),
+            ("SECRET_KEY", "a-development-secret-key-long-enough-0123"),
+        ] {
+            raw.set(
+                key,
+                RawValue::Text(value.into()),
+                Origin::Env("test".into()),
+            );
+        }
+        Config::from_raw(&raw).unwrap()
+    }
+
+    /// Serves `router` on a fresh loopback port; the address, the stop switch and the task.
+    async fn serve(
+        router: Router,
+        drain: Duration,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let edge = Edge::new(listener, &config()).unwrap().drain_timeout(drain);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(edge.serve(router, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    }
+
+    async fn read_all(stream: &mut TcpStream) -> String {
+        let mut bytes = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bytes)).await;
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_socket_peer_and_the_transport() {
+        let router = Router::new().route(
+            "/who",
+            axum::routing::get(|request: axum::extract::Request| async move {
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.ip());
+                let transport = request.extensions().get::<Transport>().copied();
+                format!("{peer:?} {transport:?}")
+            }),
+        );
+        let (addr, stop, task) = serve(router, DRAIN_TIMEOUT).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_all(&mut stream).await;
+        assert!(
+            response.ends_with("Some(127.0.0.1) Some(Transport { tls: false })"),
+            "{response}"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_drain_timeout_bounds_a_request_that_never_finishes() {
+        let router = Router::new().route(
+            "/stuck",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let drain = Duration::from_millis(300);
+        let (addr, stop, task) = serve(router, drain).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let asked = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve returns once the drain timeout has passed")
+            .unwrap();
+        assert!(asked.elapsed() >= drain, "waited {:?}", asked.elapsed());
+        assert_eq!(
+            read_all(&mut stream).await,
+            "",
+            "the stuck connection was cut"
+        );
     }
 }
