@@ -39,6 +39,14 @@ pub enum AuditKind {
     AdminSessionRevoke,
     /// A browser reported a Content-Security-Policy violation.
     SecurityCspViolation,
+    /// An account was locked after repeated failed logins.
+    SecurityLockout,
+    /// An operator unlocked an account.
+    AdminUserUnlock,
+    /// Emergency rate limits were switched on or off.
+    SecurityEmergencyMode,
+    /// The shared rate limiter stopped answering, or answered again.
+    SecurityRateLimitFallback,
 }
 
 impl AuditKind {
@@ -58,11 +66,15 @@ impl AuditKind {
             AuditKind::AdminPermissionChange => "admin.permission_change",
             AuditKind::AdminSessionRevoke => "admin.session_revoke",
             AuditKind::SecurityCspViolation => "security.csp_violation",
+            AuditKind::SecurityLockout => "security.lockout",
+            AuditKind::AdminUserUnlock => "admin.user_unlock",
+            AuditKind::SecurityEmergencyMode => "security.emergency_mode",
+            AuditKind::SecurityRateLimitFallback => "security.rate_limit_fallback",
         }
     }
 
     /// Every kind, for documentation and filters.
-    pub const ALL: [AuditKind; 13] = [
+    pub const ALL: [AuditKind; 17] = [
         AuditKind::UserLogin,
         AuditKind::UserLogout,
         AuditKind::UserFailedLogin,
@@ -76,6 +88,10 @@ impl AuditKind {
         AuditKind::AdminPermissionChange,
         AuditKind::AdminSessionRevoke,
         AuditKind::SecurityCspViolation,
+        AuditKind::SecurityLockout,
+        AuditKind::AdminUserUnlock,
+        AuditKind::SecurityEmergencyMode,
+        AuditKind::SecurityRateLimitFallback,
     ];
 }
 

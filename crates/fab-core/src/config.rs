@@ -6,6 +6,7 @@
 //! `SECRET_KEY: 12 characters, production needs at least 32`. After that nothing re-checks it.
 
 use crate::password::{HashParams, PasswordPolicy};
+use crate::ratelimit::Rate;
 use crate::secret::Secret;
 use crate::session::SessionPolicy;
 use chrono::Duration;
@@ -216,7 +217,7 @@ pub const KEYS: &[KeySpec] = &[
         aliases: &[],
         secret: false,
         default: "sql",
-        doc: "`sql` (the database) or `memory` (one process only; sessions end at restart).",
+        doc: "`sql` (the database), `redis` (REDIS_URL, shared by every instance) or `memory` (one process only; sessions end at restart).",
     },
     KeySpec {
         name: "PASSWORD_MIN_LENGTH",
@@ -498,6 +499,146 @@ pub const KEYS: &[KeySpec] = &[
         default: "none",
         doc: "Production overrides, by name, for combinations fab otherwise refuses: `plain-http` (no HTTPS enforcement, TLS or proxy), `insecure-cookies` (cookies without Secure/HttpOnly). Each is logged loudly at start-up.",
     },
+    KeySpec {
+        name: "REDIS_URL",
+        aliases: &[],
+        secret: true,
+        default: "none",
+        doc: "Redis for the shared rate limiter and sessions: `redis://host:6379/0` or `rediss://` (TLS); a password may be in the URL.",
+    },
+    KeySpec {
+        name: "REDIS_SSL",
+        aliases: &[],
+        secret: false,
+        default: "false",
+        doc: "Use TLS to Redis even when REDIS_URL says `redis://`.",
+    },
+    KeySpec {
+        name: "REDIS_PASSWORD",
+        aliases: &[],
+        secret: true,
+        default: "none",
+        doc: "Redis password, when not in REDIS_URL.",
+    },
+    KeySpec {
+        name: "REDIS_TIMEOUT_MS",
+        aliases: &[],
+        secret: false,
+        default: "250",
+        doc: "Longest wait for Redis per command or connection attempt: short, so a dead Redis costs a request a quarter second, never a hang.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_ENABLED",
+        aliases: &[],
+        secret: false,
+        default: "true",
+        doc: "Apply the rate limits.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_BACKEND",
+        aliases: &[],
+        secret: false,
+        default: "memory",
+        doc: "`memory` (this process) or `redis` (REDIS_URL, one budget across every instance).",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_DEFAULT",
+        aliases: &[],
+        secret: false,
+        default: "100/hour",
+        doc: "Requests per client IP across all routes (health and static assets exempt). `N/second|minute|hour|day` or `10 per 20 second`.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_LOGIN_ATTEMPTS",
+        aliases: &[],
+        secret: false,
+        default: "5/minute",
+        doc: "Credential checks (page and API login) per username and, separately, per client IP.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_API_CALLS",
+        aliases: &[],
+        secret: false,
+        default: "1000/hour",
+        doc: "API calls per authenticated principal under /api.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_EXEMPT_PATHS",
+        aliases: &[],
+        secret: false,
+        default: "/health,/static",
+        doc: "Paths (and sub-paths) outside the default per-IP limit.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_ROUTES",
+        aliases: &[],
+        secret: false,
+        default: "none",
+        doc: "Per-route limits instead of RATE_LIMIT_DEFAULT, per client IP: a TOML table `\"/api/v1/security/users/\" = \"30/minute\"`, or `path=rate,path=rate`.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_EMERGENCY_FACTOR",
+        aliases: &[],
+        secret: false,
+        default: "10",
+        doc: "In emergency mode (`redis-cli SET rate_limit_emergency_mode 1` or `fab rate-limit emergency on`) every limit is divided by this.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_EMERGENCY_DEFAULT",
+        aliases: &[],
+        secret: false,
+        default: "RATE_LIMIT_DEFAULT / factor",
+        doc: "The default limit in emergency mode, instead of dividing.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_EMERGENCY_LOGIN_ATTEMPTS",
+        aliases: &[],
+        secret: false,
+        default: "RATE_LIMIT_LOGIN_ATTEMPTS / factor",
+        doc: "The login limit in emergency mode, instead of dividing.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_EMERGENCY_API_CALLS",
+        aliases: &[],
+        secret: false,
+        default: "RATE_LIMIT_API_CALLS / factor",
+        doc: "The API limit in emergency mode, instead of dividing.",
+    },
+    KeySpec {
+        name: "RATE_LIMIT_FAIL_MODE",
+        aliases: &[],
+        secret: false,
+        default: "local",
+        doc: "When Redis does not answer: `local` (each instance limits in memory until Redis is back), `open` (no limit) or `closed` (503).",
+    },
+    KeySpec {
+        name: "FAB_INSTANCES",
+        aliases: &[],
+        secret: false,
+        default: "1",
+        doc: "How many fab instances serve this deployment; more than one with the memory limiter is a warning, since each would keep its own budget.",
+    },
+    KeySpec {
+        name: "LOCKOUT_THRESHOLD",
+        aliases: &[],
+        secret: false,
+        default: "10",
+        doc: "Failed logins for one account (since its last success) that lock it; 0 disables the lock.",
+    },
+    KeySpec {
+        name: "LOCKOUT_DURATION",
+        aliases: &[],
+        secret: false,
+        default: "900",
+        doc: "How long a locked account stays locked, in seconds (`fab user-unlock` ends it sooner).",
+    },
+    KeySpec {
+        name: "LOCKOUT_DELAY_AFTER",
+        aliases: &[],
+        secret: false,
+        default: "3",
+        doc: "Failures after which each further attempt on the account must wait: 1 s, then doubling up to 60 s.",
+    },
 ];
 
 fn canonical_key(upper: &str) -> Option<&'static str> {
@@ -666,6 +807,8 @@ pub enum SessionBackend {
     Sql,
     /// Process memory.
     Memory,
+    /// Redis (`REDIS_URL`), shared by every instance.
+    Redis,
 }
 
 /// Log output format.
@@ -863,6 +1006,72 @@ pub struct EdgeSettings {
     pub allow_insecure: Vec<InsecureOverride>,
 }
 
+/// What to do when the shared limiter does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Limit in this process's memory until Redis answers again.
+    Local,
+    /// Let requests through unlimited.
+    Open,
+    /// Refuse requests with 503.
+    Closed,
+}
+
+/// Which rate-limiter backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterBackend {
+    /// This process's memory.
+    Memory,
+    /// Redis, shared by every instance.
+    Redis,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (may carry a password).
+    pub url: Secret,
+    /// Password given apart from the URL.
+    pub password: Option<Secret>,
+    /// Per-command and connect timeout.
+    pub timeout: Duration,
+}
+
+/// Rate limiting and account lockout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Whether limits apply.
+    pub enabled: bool,
+    /// Backend.
+    pub backend: LimiterBackend,
+    /// Per client IP, every route.
+    pub default: Rate,
+    /// Per username and per IP, every credential check.
+    pub login: Rate,
+    /// Per principal, under /api.
+    pub api: Rate,
+    /// Paths outside the default limit.
+    pub exempt_paths: Vec<String>,
+    /// Per-route limits instead of the default, by path.
+    pub routes: Vec<(String, Rate)>,
+    /// Emergency divisor.
+    pub emergency_factor: u32,
+    /// Emergency limits (already divided where not configured).
+    pub emergency_default: Rate,
+    /// Emergency login limit.
+    pub emergency_login: Rate,
+    /// Emergency API limit.
+    pub emergency_api: Rate,
+    /// Behaviour on a Redis outage.
+    pub fail_mode: FailMode,
+    /// Failures that lock an account (0: never).
+    pub lockout_threshold: u32,
+    /// How long the lock lasts.
+    pub lockout_duration: Duration,
+    /// Failures before attempts must wait.
+    pub lockout_delay_after: u32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -898,6 +1107,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Headers, HTTPS, proxies, TLS, request limits, health access and the security contact.
     pub edge: EdgeSettings,
+    /// Rate limits and lockout.
+    pub rate_limit: RateLimitSettings,
+    /// Redis, when configured.
+    pub redis: Option<RedisSettings>,
+    /// Instances serving this deployment.
+    pub instances: u32,
     /// Things worth saying that are not errors.
     pub warnings: Vec<String>,
     /// Every key's effective value, redacted.
@@ -1279,6 +1494,229 @@ impl Reader<'_> {
         }
     }
 
+    fn rate(&mut self, key: &'static str, default: &str) -> Rate {
+        let text = self.text(key).unwrap_or_else(|| default.to_owned());
+        let rate = match text.parse::<Rate>() {
+            Ok(rate) => rate,
+            Err(error) => {
+                self.problem(key, error.to_string());
+                constant_rate(default)
+            }
+        };
+        self.record(key, rate.to_string());
+        rate
+    }
+
+    fn emergency_rate(&mut self, key: &'static str, normal: Rate, factor: u32) -> Rate {
+        match self.text(key) {
+            None => {
+                let rate = normal.divided(factor);
+                self.record(key, format!("{rate} (divided)"));
+                rate
+            }
+            Some(_) => self.rate(key, "1/minute"),
+        }
+    }
+
+    fn route_rates(&mut self) -> Vec<(String, Rate)> {
+        let pairs: Vec<(String, String)> =
+            match self.raw.get("RATE_LIMIT_ROUTES").map(|e| e.value.clone()) {
+                None => Vec::new(),
+                Some(RawValue::Table(pairs)) => pairs,
+                Some(other) => other
+                    .to_string()
+                    .split(',')
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| match p.split_once('=') {
+                        Some((path, rate)) => (path.trim().to_owned(), rate.trim().to_owned()),
+                        None => (p.trim().to_owned(), String::new()),
+                    })
+                    .collect(),
+            };
+        let mut out = Vec::new();
+        for (path, rate) in pairs {
+            if !path.starts_with('/') {
+                self.problem(
+                    "RATE_LIMIT_ROUTES",
+                    format!("`{path}` is not a path starting with /"),
+                );
+                continue;
+            }
+            match rate.parse::<Rate>() {
+                Ok(rate) => out.push((path, rate)),
+                Err(error) => self.problem("RATE_LIMIT_ROUTES", format!("{path}: {error}")),
+            }
+        }
+        let shown: Vec<String> = out.iter().map(|(p, r)| format!("{p}={r}")).collect();
+        self.record(
+            "RATE_LIMIT_ROUTES",
+            if shown.is_empty() {
+                "none".into()
+            } else {
+                shown.join(",")
+            },
+        );
+        out
+    }
+
+    fn rate_limits(
+        &mut self,
+        production: bool,
+        session_backend: SessionBackend,
+        warnings: &mut Vec<String>,
+    ) -> (RateLimitSettings, Option<RedisSettings>, u32) {
+        let enabled = self.bool("RATE_LIMIT_ENABLED", true);
+        let backend = match self
+            .string("RATE_LIMIT_BACKEND", "memory")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "memory" => LimiterBackend::Memory,
+            "redis" => LimiterBackend::Redis,
+            other => {
+                self.problem(
+                    "RATE_LIMIT_BACKEND",
+                    format!("`{other}` is not memory or redis"),
+                );
+                LimiterBackend::Memory
+            }
+        };
+        let default = self.rate("RATE_LIMIT_DEFAULT", "100/hour");
+        let login = self.rate("RATE_LIMIT_LOGIN_ATTEMPTS", "5/minute");
+        let api = self.rate("RATE_LIMIT_API_CALLS", "1000/hour");
+        let exempt_paths = self.list("RATE_LIMIT_EXEMPT_PATHS", "/health,/static");
+        let routes = self.route_rates();
+        let emergency_factor =
+            u32::try_from(self.integer("RATE_LIMIT_EMERGENCY_FACTOR", 10, 1, 1_000_000))
+                .unwrap_or(10);
+        let emergency_default =
+            self.emergency_rate("RATE_LIMIT_EMERGENCY_DEFAULT", default, emergency_factor);
+        let emergency_login = self.emergency_rate(
+            "RATE_LIMIT_EMERGENCY_LOGIN_ATTEMPTS",
+            login,
+            emergency_factor,
+        );
+        let emergency_api =
+            self.emergency_rate("RATE_LIMIT_EMERGENCY_API_CALLS", api, emergency_factor);
+        let fail_mode = match self
+            .string("RATE_LIMIT_FAIL_MODE", "local")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "local" => FailMode::Local,
+            "open" => FailMode::Open,
+            "closed" => FailMode::Closed,
+            other => {
+                self.problem(
+                    "RATE_LIMIT_FAIL_MODE",
+                    format!("`{other}` is not local, open or closed"),
+                );
+                FailMode::Local
+            }
+        };
+        let lockout_threshold =
+            u32::try_from(self.integer("LOCKOUT_THRESHOLD", 10, 0, 1000)).unwrap_or(10);
+        let lockout_duration = self.seconds("LOCKOUT_DURATION", 900, 1, 86_400 * 30);
+        let lockout_delay_after =
+            u32::try_from(self.integer("LOCKOUT_DELAY_AFTER", 3, 1, 1000)).unwrap_or(3);
+        let instances = u32::try_from(self.integer("FAB_INSTANCES", 1, 1, 10_000)).unwrap_or(1);
+
+        let url = self
+            .text("REDIS_URL")
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty());
+        let ssl = self.bool("REDIS_SSL", false);
+        let password = self
+            .text("REDIS_PASSWORD")
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
+        self.record("REDIS_PASSWORD", "[unset]".into());
+        let timeout_ms = self.integer("REDIS_TIMEOUT_MS", 250, 10, 60_000);
+        let needs_redis =
+            backend == LimiterBackend::Redis || session_backend == SessionBackend::Redis;
+        let redis = match url {
+            None => {
+                self.record("REDIS_URL", "none".into());
+                if needs_redis {
+                    self.problem(
+                        "REDIS_URL",
+                        "is required when RATE_LIMIT_BACKEND or SESSION_BACKEND is redis",
+                    );
+                }
+                None
+            }
+            Some(url) => {
+                let url = if ssl {
+                    url.replacen("redis://", "rediss://", 1)
+                } else {
+                    url
+                };
+                let redacted = match url::Url::parse(&url) {
+                    Ok(mut parsed)
+                        if matches!(parsed.scheme(), "redis" | "rediss")
+                            && parsed.host_str().is_some() =>
+                    {
+                        if parsed.password().is_some() {
+                            let _ = parsed.set_password(Some("***"));
+                        }
+                        Some(parsed.to_string())
+                    }
+                    _ => None,
+                };
+                match redacted {
+                    Some(shown) => {
+                        self.record("REDIS_URL", shown);
+                        Some(RedisSettings {
+                            url: Secret::new(url),
+                            password,
+                            timeout: Duration::milliseconds(
+                                i64::try_from(timeout_ms).unwrap_or(250),
+                            ),
+                        })
+                    }
+                    None => {
+                        self.record("REDIS_URL", "[unreadable]".into());
+                        self.problem(
+                            "REDIS_URL",
+                            "must be redis://host[:port][/db] or rediss://...",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        if production && instances > 1 && backend == LimiterBackend::Memory && enabled {
+            warnings.push(format!(
+                "RATE_LIMIT_BACKEND=memory with FAB_INSTANCES={instances}: each instance keeps its own budget, so clients get {instances} times the limits; use redis"
+            ));
+        }
+        if production && instances > 1 && session_backend == SessionBackend::Memory {
+            warnings.push(format!(
+                "SESSION_BACKEND=memory with FAB_INSTANCES={instances}: a session exists on one instance only"
+            ));
+        }
+        let settings = RateLimitSettings {
+            enabled,
+            backend,
+            default,
+            login,
+            api,
+            exempt_paths,
+            routes,
+            emergency_factor,
+            emergency_default,
+            emergency_login,
+            emergency_api,
+            fail_mode,
+            lockout_threshold,
+            lockout_duration,
+            lockout_delay_after,
+        };
+        (settings, redis, instances)
+    }
+
     fn seconds(&mut self, key: &'static str, default: i64, min: i64, max: i64) -> Duration {
         let value = match self.text(key) {
             None => default,
@@ -1300,6 +1738,15 @@ impl Reader<'_> {
         self.record(key, value.to_string());
         Duration::seconds(value)
     }
+}
+
+/// A rate written as a constant of this module.
+fn constant_rate(text: &str) -> Rate {
+    #[allow(
+        clippy::expect_used,
+        reason = "the defaults are constants of this module, checked by its tests"
+    )]
+    text.parse().expect("default rates parse")
 }
 
 /// `3600`, `3600s`, `60m`, `1h`, `7d` as seconds.
@@ -1470,8 +1917,12 @@ impl Config {
         let backend = match backend_text.trim().to_ascii_lowercase().as_str() {
             "sql" | "database" => SessionBackend::Sql,
             "memory" => SessionBackend::Memory,
+            "redis" => SessionBackend::Redis,
             other => {
-                r.problem("SESSION_BACKEND", format!("`{other}` is not sql or memory"));
+                r.problem(
+                    "SESSION_BACKEND",
+                    format!("`{other}` is not sql, memory or redis"),
+                );
                 SessionBackend::Sql
             }
         };
@@ -1543,6 +1994,7 @@ impl Config {
         };
 
         let edge = r.edge(production, &allow_insecure, &mut warnings);
+        let (rate_limit, redis, instances) = r.rate_limits(production, backend, &mut warnings);
 
         if !r.problems.is_empty() {
             return ConfigReport {
@@ -1588,6 +2040,9 @@ impl Config {
             log_filter,
             log_format,
             edge,
+            rate_limit,
+            redis,
+            instances,
             warnings: warnings.clone(),
             effective: r.effective.clone(),
         };
@@ -1743,6 +2198,49 @@ mod tests {
                 .iter()
                 .any(|v| v.contains("topsecret") || v.contains("ssss")),
             "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn redis_is_required_by_the_redis_backends_and_redacted() {
+        let errors = Config::from_raw(&raw(&[
+            ("SECRET_KEY", "s".repeat(40).as_str()),
+            ("RATE_LIMIT_BACKEND", "redis"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errors.0[0].key, "REDIS_URL");
+        let config = Config::from_raw(&raw(&[
+            ("SECRET_KEY", "s".repeat(40).as_str()),
+            ("SESSION_BACKEND", "redis"),
+            ("REDIS_URL", "redis://:hunter2@redis.internal:6379/0"),
+            ("REDIS_SSL", "true"),
+        ]))
+        .unwrap();
+        let redis = config.redis.unwrap();
+        assert!(redis.url.expose().starts_with("rediss://"));
+        let shown = config
+            .effective
+            .iter()
+            .find(|e| e.key == "REDIS_URL")
+            .unwrap();
+        assert!(!shown.value.contains("hunter2"), "{}", shown.value);
+    }
+
+    #[test]
+    fn emergency_limits_divide_unless_given() {
+        let config = Config::from_raw(&raw(&[
+            ("SECRET_KEY", "s".repeat(40).as_str()),
+            ("RATE_LIMIT_EMERGENCY_LOGIN_ATTEMPTS", "2/hour"),
+            ("RATE_LIMIT_ROUTES", "/api/v1/security/users/=30/minute"),
+        ]))
+        .unwrap();
+        let limits = config.rate_limit;
+        let rate = |t: &str| t.parse::<Rate>().unwrap();
+        assert_eq!(limits.emergency_default, rate("10/hour"));
+        assert_eq!(limits.emergency_login, rate("2/hour"));
+        assert_eq!(
+            limits.routes,
+            vec![("/api/v1/security/users/".to_owned(), rate("30/minute"))]
         );
     }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod lockout;
 pub mod net;
 pub mod password;
 pub mod random;

@@ -146,6 +146,11 @@ impl TestServer {
             ("FAB_ADMIN_USERNAME", ADMIN_USERNAME),
             ("FAB_ADMIN_PASSWORD", ADMIN_PASSWORD),
             ("FAB_LOG", "warn"),
+            // Every test client comes from 127.0.0.1: generous limits keep suites that are not
+            // about rate limiting clear of them; the rate-limit tests set their own.
+            ("RATE_LIMIT_DEFAULT", "100000/hour"),
+            ("RATE_LIMIT_LOGIN_ATTEMPTS", "10000/minute"),
+            ("RATE_LIMIT_API_CALLS", "100000/hour"),
         ];
         for (key, value) in defaults {
             raw.set(key, RawValue::Text(value.into()), origin.clone());

@@ -145,7 +145,7 @@ fn occurrences(crate_dir: &str, needle: &str, allowed_file: Option<&str>) -> Vec
 
 #[test]
 fn only_fab_reads_the_environment() {
-    for crate_dir in ["fab-core", "fab-store", "fab-web"] {
+    for crate_dir in ["fab-core", "fab-store", "fab-redis", "fab-web"] {
         for needle in ["std::env", "env::var", "dotenv"] {
             let found = occurrences(crate_dir, needle, None);
             assert!(
@@ -158,7 +158,7 @@ fn only_fab_reads_the_environment() {
 
 #[test]
 fn time_and_randomness_come_in_as_parameters() {
-    for crate_dir in ["fab-core", "fab-store", "fab-web"] {
+    for crate_dir in ["fab-core", "fab-store", "fab-redis", "fab-web"] {
         for needle in ["Utc::now", "SystemTime::now", "Local::now"] {
             let found = occurrences(crate_dir, needle, Some("clock.rs"));
             assert!(

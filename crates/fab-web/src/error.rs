@@ -31,6 +31,8 @@ pub(crate) enum Failure {
     Invalid(Vec<ValidationError>),
     /// The change conflicts with stored state (e.g. a taken username).
     Conflict(String),
+    /// A rate limit refused the request.
+    TooManyRequests(Box<crate::ratelimit::Verdict>),
     /// A backend did not answer.
     Unavailable,
     /// Anything else; the detail goes to the log only.
@@ -73,6 +75,7 @@ impl Failure {
             Failure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Failure::Conflict(_) => StatusCode::CONFLICT,
+            Failure::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +96,10 @@ impl Failure {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; "),
+            Failure::TooManyRequests(verdict) => format!(
+                "Too many requests; try again in {} seconds",
+                verdict.retry_after_seconds()
+            ),
             Failure::Unavailable => "Service temporarily unavailable, try again shortly".into(),
             Failure::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -110,6 +117,13 @@ impl Failure {
         } else {
             PageError(self).into_response()
         }
+    }
+}
+
+/// Adds the rate-limit fields to a refusal.
+fn annotate_refusal(failure: &Failure, response: &mut Response) {
+    if let Failure::TooManyRequests(verdict) = failure {
+        crate::ratelimit::annotate(response.headers_mut(), verdict);
     }
 }
 
@@ -139,7 +153,9 @@ impl IntoResponse for PageError {
         }
         let status = self.0.status();
         let message = self.0.public_message();
-        render_error_page(status, &message)
+        let mut response = render_error_page(status, &message);
+        annotate_refusal(&self.0, &mut response);
+        response
     }
 }
 
@@ -170,6 +186,7 @@ impl IntoResponse for ApiError {
             body["errors"] = serde_json::Value::Object(fields);
         }
         let mut response = (status, axum::Json(body)).into_response();
+        annotate_refusal(&self.0, &mut response);
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -77,7 +77,12 @@ pub(crate) async fn security(
     let session = &config.session;
     Ok(Json(json!({
         "mfa_enabled": false,
-        "rate_limiting": false,
+        "rate_limiting": config.rate_limit.enabled,
+        "rate_limit_backend": match config.rate_limit.backend {
+            fab_core::config::LimiterBackend::Memory => "memory",
+            fab_core::config::LimiterBackend::Redis => "redis",
+        },
+        "rate_limit_emergency": state.emergency(),
         "https_enforced": edge.https.enforce,
         "csp_enabled": edge.csp.enabled,
         "csp_report_only": edge.csp.enabled && edge.csp.report_only,

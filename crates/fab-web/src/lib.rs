@@ -24,6 +24,7 @@ mod jwt;
 mod login;
 mod pages;
 mod principal;
+mod ratelimit;
 mod routes;
 mod security_txt;
 mod session_cookie;
@@ -77,6 +78,10 @@ pub struct AppParts {
     pub clock: Arc<dyn Clock>,
     /// Randomness.
     pub rng: Arc<dyn RandomSource>,
+    /// Rate-limit decisions (memory or Redis, behind the configured fail mode).
+    pub limiter: Arc<dyn fab_core::ratelimit::RateLimiter>,
+    /// Whether emergency limits are in force; kept current by `fab serve`'s watcher.
+    pub emergency: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every grant the built-in pages and API declare, for `sync_permissions` at start-up and for

@@ -10,6 +10,7 @@ use crate::client::ClientInfo;
 use crate::error::Failure;
 use crate::state::AppState;
 use fab_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
+use fab_core::ratelimit::RateKey;
 use fab_core::secret::Secret;
 use fab_core::user::User;
 
@@ -19,7 +20,8 @@ pub(crate) const INVALID_LOGIN: &str = "Invalid login. Please try again.";
 /// Longest login name considered; longer input fails without a lookup.
 const LOGIN_MAX: usize = 320;
 
-/// Checks credentials. Ok(Some(user)) on success, Ok(None) on any refusal (already audited).
+/// Checks credentials. Ok(Some(user)) on success, Ok(None) on any refusal (already audited);
+/// `Err(Failure::TooManyRequests)` when the login rate limits refuse the attempt.
 pub(crate) async fn authenticate(
     state: &AppState,
     login: &str,
@@ -33,6 +35,7 @@ pub(crate) async fn authenticate(
         && login.chars().count() <= LOGIN_MAX
         && !password.is_empty()
         && password.char_count() <= parts.config.password_policy.max_length;
+    check_login_limits(state, login, client).await?;
     let user = if within_limits {
         parts.store.user_by_login(login).await?
     } else {
@@ -106,6 +109,40 @@ pub(crate) async fn authenticate(
         .record_login_success(user.id, now, &event)
         .await?;
     Ok(Some(user))
+}
+
+/// `RATE_LIMIT_LOGIN_ATTEMPTS` per client IP and per username: each credential check takes one
+/// unit from both budgets, and either one running dry refuses the check before any password is
+/// hashed (so a refused flood costs no CPU either).
+async fn check_login_limits(
+    state: &AppState,
+    login: &str,
+    client: &ClientInfo,
+) -> Result<(), Failure> {
+    let limits = &state.parts.config.rate_limit;
+    if !limits.enabled {
+        return Ok(());
+    }
+    let rate = if state.emergency() {
+        limits.emergency_login
+    } else {
+        limits.login
+    };
+    let mut keys = Vec::with_capacity(2);
+    if let Some(ip) = client.addr {
+        keys.push(RateKey::login_ip(ip));
+    }
+    if !login.is_empty() {
+        keys.push(RateKey::login_user(&truncate(login, 64)));
+    }
+    for key in keys {
+        let verdict = state.decide("login", &key, rate).await?;
+        if !verdict.decision.allowed {
+            tracing::warn!(key = %key.as_str(), ip = ?client.ip, "login attempts rate-limited");
+            return Err(crate::ratelimit::refusal(verdict));
+        }
+    }
+    Ok(())
 }
 
 fn truncate(text: &str, max: usize) -> String {

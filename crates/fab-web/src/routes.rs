@@ -8,7 +8,9 @@
 use crate::error::Failure;
 use crate::principal::Principal;
 use crate::state::AppState;
-use crate::{api, client, csp_report, csrf, headers, health, https, pages, security_txt};
+use crate::{
+    api, client, csp_report, csrf, headers, health, https, pages, ratelimit, security_txt,
+};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -293,12 +295,20 @@ pub(crate) fn build(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            ratelimit::limit_api_principal,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             crate::principal::resolve_principal,
         ))
         .layer(middleware::from_fn(csrf::refuse_cross_site))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             https::enforce_https,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_by_ip,
         ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -11,9 +11,12 @@ use crate::listener::Edge;
 use crate::tls::TlsError;
 use fab_core::audit::Actor;
 use fab_core::clock::Clock;
+use fab_core::config::LimiterBackend;
 use fab_core::config::{Config, DatabaseUrl, SessionBackend};
 use fab_core::password::{HashError, PasswordHasher, PasswordPolicy};
 use fab_core::random::{RandomSource, random_password};
+use fab_core::ratelimit::RateLimiter;
+use fab_core::ratelimit::memory::MemoryRateLimiter;
 use fab_core::rbac::{ADMIN_ROLE, PUBLIC_ROLE};
 use fab_core::session::SessionStore;
 use fab_core::store::SyncReport;
@@ -122,8 +125,10 @@ pub struct App {
     pub config: Arc<Config>,
     /// The database connection (for schema checks and pings).
     pub database: Database,
-    /// Store, sessions, hasher, clock and randomness.
+    /// Store, sessions, hasher, clock, randomness and the rate limiter.
     pub parts: AppParts,
+    /// Where `serve` reads the emergency flag.
+    pub emergency_source: crate::limiter::EmergencySource,
 }
 
 /// Installs rustls' aws-lc-rs provider as the process default. Every TLS client in the process
@@ -161,6 +166,34 @@ impl App {
         let sessions: Arc<dyn SessionStore> = match config.session.backend {
             SessionBackend::Sql => Arc::new(store.clone()),
             SessionBackend::Memory => Arc::new(MemorySessionStore::new()),
+            SessionBackend::Redis => Arc::new(fab_redis::RedisSessionStore::new(
+                redis_connection(&config)?,
+                &config.session.policy,
+            )),
+        };
+        let memory_limiter: Arc<dyn RateLimiter> =
+            Arc::new(MemoryRateLimiter::new(Arc::clone(&clock)));
+        let (limiter, emergency_source): (Arc<dyn RateLimiter>, _) = match config.rate_limit.backend
+        {
+            LimiterBackend::Memory => (
+                Arc::clone(&memory_limiter),
+                crate::limiter::EmergencySource::Limiter(Arc::clone(&memory_limiter)),
+            ),
+            LimiterBackend::Redis => {
+                let redis: Arc<dyn RateLimiter> =
+                    Arc::new(fab_redis::RedisRateLimiter::new(redis_connection(&config)?));
+                let failover = crate::limiter::FailoverLimiter::new(
+                    Arc::clone(&redis),
+                    memory_limiter,
+                    config.rate_limit.fail_mode,
+                    Arc::new(store.clone()),
+                    Arc::clone(&clock),
+                );
+                (
+                    Arc::new(failover),
+                    crate::limiter::EmergencySource::Limiter(redis),
+                )
+            }
         };
         let parts = AppParts {
             config: Arc::clone(&config),
@@ -169,11 +202,14 @@ impl App {
             hasher: Arc::new(hasher),
             clock,
             rng,
+            limiter,
+            emergency: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let app = App {
             config,
             database,
             parts,
+            emergency_source,
         };
         if mode == StartMode::Serve {
             let report = app.sync_permissions().await?;
@@ -223,9 +259,16 @@ impl App {
     ) -> Result<(), AppError> {
         let router =
             fab_web::router(self.parts.clone()).map_err(|e| AppError::Web(e.to_string()))?;
-        let purge = tokio::spawn(purge_expired_sessions(self.parts));
+        let purge = tokio::spawn(purge_expired_sessions(self.parts.clone()));
+        let emergency = tokio::spawn(crate::limiter::watch_emergency(
+            self.emergency_source,
+            Arc::clone(&self.parts.emergency),
+            Arc::clone(&self.parts.store) as Arc<dyn fab_core::audit::AuditSink>,
+            Arc::clone(&self.parts.clock),
+        ));
         edge.serve(router, shutdown).await;
         purge.abort();
+        emergency.abort();
         Ok(())
     }
 }
@@ -252,6 +295,28 @@ async fn purge_expired_sessions(parts: AppParts) {
             Err(error) => tracing::warn!(%error, "purging expired sessions failed"),
         }
     }
+}
+
+/// A client for the configured Redis. Nothing is sent yet, so this works while Redis is down;
+/// validation guarantees REDIS_URL is set whenever a Redis backend is chosen.
+pub fn redis_connection(config: &Config) -> Result<fab_redis::RedisConnection, AppError> {
+    let invalid =
+        |message: String| AppError::Invalid(vec![ValidationError::new("REDIS_URL", message)]);
+    let redis = config
+        .redis
+        .as_ref()
+        .ok_or_else(|| invalid("is required by the chosen backend".into()))?;
+    let timeout = redis
+        .timeout
+        .to_std()
+        .unwrap_or(std::time::Duration::from_millis(250));
+    let options = fab_redis::RedisOptions {
+        password: redis.password.clone(),
+        tls: false,
+        connect_timeout: timeout,
+        command_timeout: timeout,
+    };
+    fab_redis::RedisConnection::open(&redis.url, &options).map_err(|e| invalid(e.to_string()))
 }
 
 /// Connects to the configured database, creating the directory of an SQLite file first.

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod app;
 pub mod cli;
+pub mod limiter;
 pub mod listener;
 pub mod logging;
 pub mod settings;

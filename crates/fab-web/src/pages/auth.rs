@@ -6,7 +6,7 @@
 
 use super::Page;
 use crate::client::ClientInfo;
-use crate::error::PageError;
+use crate::error::{Failure, PageError};
 use crate::forms::FormData;
 use crate::login::{INVALID_LOGIN, actor_of, authenticate};
 use crate::session_cookie::{clear_cookie, start_session};
@@ -54,7 +54,21 @@ pub(crate) async fn login(
     let password = Secret::new(form.raw("password").unwrap_or_default());
     let next = safe_next(Some(&form.text("next"))).to_owned();
     let parts = &page.state.parts;
-    let Some(user) = authenticate(&page.state, &username, password, &client, "form").await? else {
+    let outcome = authenticate(&page.state, &username, password, &client, "form").await;
+    if let Err(Failure::TooManyRequests(verdict)) = outcome {
+        let message = format!(
+            "Too many login attempts; try again in {} seconds.",
+            verdict.retry_after_seconds()
+        );
+        let mut response = page.render_with_status(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "login.html",
+            context! { error => message, username => username, next => next },
+        )?;
+        crate::ratelimit::annotate(response.headers_mut(), &verdict);
+        return Ok(response);
+    }
+    let Some(user) = outcome? else {
         return page.render_with_status(
             axum::http::StatusCode::UNAUTHORIZED,
             "login.html",
