@@ -224,3 +224,46 @@ pub(crate) mod fab_audit {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub(crate) mod fab_lockout {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fab_lockout")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i32,
+        pub known_failures: i32,
+        pub known_last_failure_at: Option<DateTime>,
+        pub known_locked_until: Option<DateTime>,
+        pub other_failures: i32,
+        pub other_last_failure_at: Option<DateTime>,
+        pub other_locked_until: Option<DateTime>,
+        pub known_ip: Option<String>,
+        pub known_ip_at: Option<DateTime>,
+        pub changed_at: DateTime,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(crate) mod fab_flag {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fab_flag")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub value: String,
+        pub changed_at: DateTime,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -6,6 +6,10 @@
 //! migration also applies onto a database FAB created: its tables and rows are kept and only
 //! what fab adds (case-insensitive unique indexes, fab's tables) is created. Migrations are
 //! recorded in `fab_migrations`.
+//!
+//! `m0002_lockout_and_flags` adds `fab_lockout` (the per-account lockout counters, one row per
+//! user, gone with the user) and `fab_flag` (named operational flags shared by every instance).
+//! Migrations are append-only: a released one is never edited, a change is a new migration.
 
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{
@@ -23,7 +27,7 @@ pub(crate) struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(SecuritySchema)]
+        vec![Box::new(SecuritySchema), Box::new(LockoutAndFlags)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -94,6 +98,29 @@ impl MigrationTrait for SecuritySchema {
     }
 
     // SQLite runs DDL transactionally too: a failed upgrade leaves no half-made schema.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// `m0002_lockout_and_flags`: account lockout state and operational flags.
+struct LockoutAndFlags;
+
+impl MigrationName for LockoutAndFlags {
+    fn name(&self) -> &str {
+        "m0002_lockout_and_flags"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for LockoutAndFlags {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in lockout_and_flag_tables() {
+            manager.create_table(table).await?;
+        }
+        Ok(())
+    }
+
     fn use_transaction(&self) -> Option<bool> {
         Some(true)
     }
@@ -303,6 +330,58 @@ fn security_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
     ]
 }
 
+/// `fab_lockout`: one row per account with lockout state (none while the state is the default),
+/// deleted with its user; `fab_flag`: flag name, value and when it last changed.
+fn lockout_and_flag_tables() -> Vec<TableCreateStatement> {
+    let counter = |table: &mut TableCreateStatement, origin: &str| {
+        table
+            .col(
+                ColumnDef::new(format!("{origin}_failures"))
+                    .integer()
+                    .not_null(),
+            )
+            .col(
+                ColumnDef::new(format!("{origin}_last_failure_at"))
+                    .custom("timestamp")
+                    .null(),
+            )
+            .col(
+                ColumnDef::new(format!("{origin}_locked_until"))
+                    .custom("timestamp")
+                    .null(),
+            );
+    };
+    let mut lockout = Table::create()
+        .table("fab_lockout")
+        .if_not_exists()
+        .col(ColumnDef::new("user_id").integer().not_null().primary_key())
+        .to_owned();
+    counter(&mut lockout, "known");
+    counter(&mut lockout, "other");
+    lockout
+        .col(ColumnDef::new("known_ip").string_len(64).null())
+        .col(timestamp("known_ip_at").null())
+        .col(timestamp("changed_at").not_null())
+        .foreign_key(
+            &mut reference(("fab_lockout", "user_id"), "ab_user")
+                .on_delete(ForeignKeyAction::Cascade)
+                .to_owned(),
+        );
+    let flag = Table::create()
+        .table("fab_flag")
+        .if_not_exists()
+        .col(
+            ColumnDef::new("name")
+                .string_len(64)
+                .not_null()
+                .primary_key(),
+        )
+        .col(ColumnDef::new("value").string_len(256).not_null())
+        .col(timestamp("changed_at").not_null())
+        .to_owned();
+    vec![lockout, flag]
+}
+
 fn security_indexes() -> Vec<IndexCreateStatement> {
     let plain = |name: &'static str, table: &'static str, column: &'static str| {
         Index::create()
@@ -369,5 +448,41 @@ mod tests {
                 assert!(!statement.contains("REFERENCES"), "{statement}");
             }
         }
+    }
+
+    #[test]
+    fn lockout_state_goes_with_its_user_and_flags_reference_nothing() {
+        let statements: Vec<String> = lockout_and_flag_tables()
+            .iter()
+            .flat_map(|table| {
+                [
+                    table.to_string(PostgresQueryBuilder),
+                    table.to_string(SqliteQueryBuilder),
+                ]
+            })
+            .collect();
+        for statement in &statements {
+            assert!(
+                statement.starts_with("CREATE TABLE IF NOT EXISTS"),
+                "{statement}"
+            );
+            if statement.contains(r#""fab_lockout""#) {
+                assert!(
+                    statement.contains(r#"REFERENCES "ab_user" ("id") ON DELETE CASCADE"#),
+                    "{statement}"
+                );
+                assert!(
+                    statement.contains(r#""user_id" integer NOT NULL PRIMARY KEY"#),
+                    "{statement}"
+                );
+            } else {
+                assert!(statement.contains(r#""fab_flag""#), "{statement}");
+                assert!(!statement.contains("REFERENCES"), "{statement}");
+            }
+        }
+        assert_eq!(
+            known_migrations(),
+            ["m0001_security_schema", "m0002_lockout_and_flags"]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! [`SqlStore`]: the security store, audit sink and session store on one SQL database.
+//! [`SqlStore`]: the security store, audit sink, session store, lockout store and flag store on
+//! one SQL database.
 //!
 //! Every change runs in one write transaction together with the audit record describing it, so
 //! both are committed or neither is. On SQLite write transactions start with `BEGIN IMMEDIATE`:
@@ -7,11 +8,12 @@
 //! option).
 
 use crate::error::from_db;
-use crate::{audit, permissions, users};
+use crate::{audit, flags, lockout, permissions, users};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fab_core::StoreError;
 use fab_core::audit::{AuditEvent, AuditSink, StoredAuditEvent};
+use fab_core::lockout::{FlagStore, LockoutState, LockoutStore};
 use fab_core::rbac::{
     Grant, PermissionSet, PermissionView, PermissionViewId, Role, RoleExport, RoleId,
 };
@@ -19,11 +21,12 @@ use fab_core::secret::Secret;
 use fab_core::store::{CleanupReport, Page, RoleSummary, SecurityStore, SyncReport, UserQuery};
 use fab_core::user::{NewUser, User, UserId, UserProfile};
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 
-/// Users, roles, permissions, the audit trail and sessions in SQL. Cheap to clone.
+/// Users, roles, permissions, the audit trail, sessions, lockout state and flags in SQL. Cheap
+/// to clone.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     pub(crate) connection: DatabaseConnection,
@@ -37,6 +40,27 @@ impl SqlStore {
     /// Starts a write transaction; dropping it uncommitted rolls it back.
     pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
         let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.connection
+            .begin_with_options(options)
+            .await
+            .map_err(from_db)
+    }
+
+    /// Starts a write transaction for a locked read-modify-write (`SELECT ... FOR UPDATE`, then
+    /// `INSERT ... ON CONFLICT DO NOTHING` for a row that is not there yet). On PostgreSQL it is
+    /// READ COMMITTED whatever the server's default, because that is the level at which each
+    /// statement sees what competing transactions committed while it waited for their locks
+    /// (under REPEATABLE READ the same wait ends in a serialization failure). SQLite has no
+    /// isolation levels to choose from (sea-orm warns if one is named) and needs none: its
+    /// `BEGIN IMMEDIATE` already admits one writer at a time.
+    pub(crate) async fn begin_locking_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        let isolation_level = (self.connection.get_database_backend() == DbBackend::Postgres)
+            .then_some(IsolationLevel::ReadCommitted);
+        let options = TransactionOptions {
+            isolation_level,
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
@@ -236,5 +260,40 @@ impl SecurityStore for SqlStore {
         kind: Option<&str>,
     ) -> Result<Vec<StoredAuditEvent>, StoreError> {
         audit::recent(&self.connection, limit, kind).await
+    }
+}
+
+#[async_trait]
+impl LockoutStore for SqlStore {
+    async fn lockout_state(&self, user: UserId) -> Result<LockoutState, StoreError> {
+        lockout::state(&self.connection, user).await
+    }
+
+    async fn update_lockout(
+        &self,
+        user: UserId,
+        change: &(dyn for<'a> Fn(&'a mut LockoutState) + Send + Sync),
+    ) -> Result<LockoutState, StoreError> {
+        lockout::update(self, user, change).await
+    }
+
+    async fn clear_lockout(&self, user: UserId) -> Result<(), StoreError> {
+        lockout::clear(self, user).await
+    }
+}
+
+#[async_trait]
+impl FlagStore for SqlStore {
+    async fn flag(&self, name: &str) -> Result<Option<String>, StoreError> {
+        flags::value(&self.connection, name).await
+    }
+
+    async fn set_flag(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        flags::set(self, name, value, audit).await
     }
 }

@@ -28,6 +28,7 @@ use chrono::{DateTime, Duration, Utc};
 use fab_core::StoreError;
 use fab_core::audit::{Actor, AuditEvent, AuditKind, Outcome, RequestOrigin};
 use fab_core::clock::{Clock, ManualClock};
+use fab_core::lockout::{Assessment, FlagStore, LockoutPolicy, LockoutState, LockoutStore};
 use fab_core::random::OsRandom;
 use fab_core::rbac::{ADMIN_ROLE, Grant, PUBLIC_ROLE, PermissionViewId, RoleExport, RoleId};
 use fab_core::secret::Secret;
@@ -38,41 +39,61 @@ use fab_store::{MemorySessionStore, SqlStore};
 use std::any::Any;
 use std::sync::Arc;
 
-/// A security store to check, with the session store whose sessions it must end when it deletes
-/// or disables a user.
+/// A security store to check, with the stores that keep state about its users: the session
+/// store whose sessions it must end when it deletes or disables a user, the lockout store whose
+/// state goes with a deleted user, and the flag store whose changes are audited into its trail.
 pub struct SecurityStoreUnderTest {
     /// The store under test.
     pub store: Arc<dyn SecurityStore>,
     /// The sessions `store` clears for deleted and disabled users.
     pub sessions: Arc<dyn SessionStore>,
+    /// The lockout state of `store`'s users.
+    pub lockout: Arc<dyn LockoutStore>,
+    /// Operational flags, audited into `store`'s trail.
+    pub flags: Arc<dyn FlagStore>,
     // Declared last: dropped after the stores.
     _guard: Box<dyn Any + Send>,
 }
 
 impl SecurityStoreUnderTest {
-    /// `store` and `sessions`, keeping `guard` alive until both are dropped.
+    /// The stores under test, keeping `guard` alive until all are dropped.
     pub fn new(
         store: Arc<dyn SecurityStore>,
         sessions: Arc<dyn SessionStore>,
+        lockout: Arc<dyn LockoutStore>,
+        flags: Arc<dyn FlagStore>,
         guard: impl Any + Send,
     ) -> Self {
         Self {
             store,
             sessions,
+            lockout,
+            flags,
             _guard: Box::new(guard),
         }
+    }
+
+    /// Every store on one SQL database, keeping `guard` alive until they are dropped.
+    fn sql(store: SqlStore, guard: impl Any + Send) -> Self {
+        Self::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store),
+            guard,
+        )
     }
 }
 
 impl From<SqlStore> for SecurityStoreUnderTest {
     fn from(store: SqlStore) -> Self {
-        Self::new(Arc::new(store.clone()), Arc::new(store), ())
+        Self::sql(store, ())
     }
 }
 
 impl<G: Any + Send> From<(G, SqlStore)> for SecurityStoreUnderTest {
     fn from((guard, store): (G, SqlStore)) -> Self {
-        Self::new(Arc::new(store.clone()), Arc::new(store), guard)
+        Self::sql(store, guard)
     }
 }
 
@@ -150,6 +171,13 @@ macro_rules! security_store_conformance {
             cleanup_removes_undeclared_grants_and_orphans,
             roles_round_trip_through_fab_export_format,
             oversized_values_are_refused,
+            lockout_state_starts_as_the_default,
+            lockout_update_applies_the_change_and_stores_it,
+            concurrent_lockout_updates_lose_no_increment,
+            cleared_lockout_reads_as_the_default,
+            deleting_a_user_deletes_their_lockout_state,
+            flags_are_set_overwritten_and_cleared_with_an_audit_record_each,
+            refused_flag_changes_write_nothing,
         );
     };
 }
@@ -1435,6 +1463,339 @@ pub mod security {
         assert!(
             store.list_roles().await.unwrap().is_empty(),
             "a refused sync creates no role"
+        );
+    }
+
+    fn lockout_policy() -> LockoutPolicy {
+        LockoutPolicy {
+            threshold: 3,
+            duration: Duration::minutes(15),
+            delay_after: 1,
+        }
+    }
+
+    /// An account with nothing stored, and an id no account has, read as the default state.
+    pub async fn lockout_state_starts_as_the_default(subject: &SecurityStoreUnderTest) {
+        let lockout = subject.lockout.as_ref();
+        let alice = user(subject.store.as_ref(), "alice", &[]).await;
+        for id in [alice.id, UserId(alice.id.0 + 1000), UserId(i64::MAX)] {
+            assert_eq!(
+                lockout.lockout_state(id).await.unwrap(),
+                LockoutState::default(),
+                "user {id}"
+            );
+        }
+    }
+
+    /// An update applies the change to the stored state, stores the result and returns it as
+    /// stored; other accounts keep theirs, and an account that does not exist is not found.
+    pub async fn lockout_update_applies_the_change_and_stores_it(subject: &SecurityStoreUnderTest) {
+        let store = subject.store.as_ref();
+        let lockout = subject.lockout.as_ref();
+        let policy = lockout_policy();
+        let alice = user(store, "alice", &[]).await.id;
+        let bob = user(store, "bob", &[]).await.id;
+        let owner = Some("198.51.100.7");
+        let attacker = Some("203.0.113.9");
+        // Microseconds are what every backend keeps.
+        let at = start() + Duration::microseconds(123_456);
+
+        let after_login = lockout
+            .update_lockout(alice, &|state| policy.record_success(state, owner, at))
+            .await
+            .unwrap();
+        assert_eq!(after_login.known_ip.as_deref(), owner);
+        assert_eq!(after_login.known_ip_at, Some(at));
+        assert_eq!(lockout.lockout_state(alice).await.unwrap(), after_login);
+
+        let mut now = at;
+        let mut state = after_login;
+        for failure in 1..=3 {
+            now += Duration::minutes(1);
+            state = lockout
+                .update_lockout(alice, &|state| {
+                    policy.record_failure(state, attacker, now);
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                state.other.locked_until.is_some(),
+                failure == 3,
+                "the third failure locks, and the returned state says so"
+            );
+        }
+        assert_eq!(state.other.failures, 3);
+        assert_eq!(state.other.last_failure_at, Some(now));
+        assert_eq!(state.other.locked_until, Some(now + Duration::minutes(15)));
+        assert_eq!(state.known.failures, 0, "the owner's counter is kept apart");
+        assert_eq!(state.known_ip.as_deref(), owner, "the login is remembered");
+        let stored = lockout.lockout_state(alice).await.unwrap();
+        assert_eq!(stored, state, "what was returned is what is stored");
+        assert_eq!(
+            policy.assess(&stored, attacker, now),
+            Assessment::Locked(now + Duration::minutes(15))
+        );
+        assert_eq!(policy.assess(&stored, owner, now), Assessment::Allowed);
+        assert_eq!(
+            lockout.lockout_state(bob).await.unwrap(),
+            LockoutState::default()
+        );
+
+        // The owner logs in from the known address: their counter resets, the lock on
+        // everywhere else stays.
+        let after_owner = lockout
+            .update_lockout(alice, &|state| policy.record_success(state, owner, now))
+            .await
+            .unwrap();
+        assert_eq!(after_owner.other, stored.other);
+        assert_eq!(lockout.lockout_state(alice).await.unwrap(), after_owner);
+
+        // An address too long to store is not remembered, so it never counts as the owner's.
+        let long = "2001:db8::1%".to_owned() + &"e".repeat(60);
+        let after_long = lockout
+            .update_lockout(alice, &|state| {
+                policy.record_success(state, Some(&long), now)
+            })
+            .await
+            .unwrap();
+        assert_eq!(after_long.known_ip, None);
+        assert_eq!(lockout.lockout_state(alice).await.unwrap(), after_long);
+
+        for missing in [UserId(bob.0 + 1000), UserId(i64::MAX)] {
+            assert_not_found(
+                lockout
+                    .update_lockout(missing, &|state| state.other.failures += 1)
+                    .await,
+            );
+            assert_eq!(
+                lockout.lockout_state(missing).await.unwrap(),
+                LockoutState::default()
+            );
+        }
+    }
+
+    /// Concurrent updates of one account are serialised: 32 logins failing at once count 32
+    /// failures, each sees the count before it, and none is lost. (A read, then a separate
+    /// write, is how a lockout is sidestepped: send the guesses in parallel.)
+    pub async fn concurrent_lockout_updates_lose_no_increment(subject: &SecurityStoreUnderTest) {
+        let alice = user(subject.store.as_ref(), "alice", &[]).await.id;
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let lockout = Arc::clone(&subject.lockout);
+                tokio::spawn(async move {
+                    lockout
+                        .update_lockout(alice, &|state| state.other.failures += 1)
+                        .await
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for task in tasks {
+            seen.push(task.await.unwrap().unwrap().other.failures);
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (1..=32).collect::<Vec<u32>>(),
+            "each update saw the one before it"
+        );
+        let stored = subject.lockout.lockout_state(alice).await.unwrap();
+        assert_eq!(stored.other.failures, 32, "no update was lost");
+    }
+
+    /// Clearing (`fab user-unlock`) forgets the account's state and nobody else's; clearing
+    /// what is not there is not an error.
+    pub async fn cleared_lockout_reads_as_the_default(subject: &SecurityStoreUnderTest) {
+        let store = subject.store.as_ref();
+        let lockout = subject.lockout.as_ref();
+        let policy = lockout_policy();
+        let alice = user(store, "alice", &[]).await.id;
+        let bob = user(store, "bob", &[]).await.id;
+        for id in [alice, bob] {
+            for minute in 0..3 {
+                lockout
+                    .update_lockout(id, &|state| {
+                        policy.record_failure(state, None, start() + Duration::minutes(minute));
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        lockout.clear_lockout(alice).await.unwrap();
+        assert_eq!(
+            lockout.lockout_state(alice).await.unwrap(),
+            LockoutState::default()
+        );
+        let kept = lockout.lockout_state(bob).await.unwrap();
+        assert_eq!(kept.other.failures, 3);
+        assert!(kept.locked_anywhere(start() + Duration::minutes(3)));
+
+        lockout.clear_lockout(alice).await.unwrap();
+        lockout.clear_lockout(UserId(bob.0 + 1000)).await.unwrap();
+        lockout.clear_lockout(UserId(i64::MAX)).await.unwrap();
+        let fresh = lockout
+            .update_lockout(alice, &|state| state.other.failures += 1)
+            .await
+            .unwrap();
+        assert_eq!(fresh.other.failures, 1, "counting starts again from zero");
+    }
+
+    /// A deleted user's lockout state goes with them, and does not stand in the way of the
+    /// deletion.
+    pub async fn deleting_a_user_deletes_their_lockout_state(subject: &SecurityStoreUnderTest) {
+        let store = subject.store.as_ref();
+        let lockout = subject.lockout.as_ref();
+        let alice = user(store, "alice", &[]).await.id;
+        let bob = user(store, "bob", &[]).await.id;
+        for id in [alice, bob] {
+            lockout
+                .update_lockout(id, &|state| {
+                    lockout_policy().record_success(state, Some("192.0.2.1"), start());
+                    state.other.failures = 2;
+                })
+                .await
+                .unwrap();
+        }
+        store
+            .delete_user(alice, &event(AuditKind::AdminUserDelete, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            lockout.lockout_state(alice).await.unwrap(),
+            LockoutState::default()
+        );
+        assert_not_found(
+            lockout
+                .update_lockout(alice, &|state| state.other.failures += 1)
+                .await,
+        );
+        assert_eq!(lockout.lockout_state(bob).await.unwrap().other.failures, 2);
+    }
+
+    /// A flag is unset until set; setting, overwriting and clearing each write one audit record
+    /// with the change; names are exact and flags independent.
+    pub async fn flags_are_set_overwritten_and_cleared_with_an_audit_record_each(
+        subject: &SecurityStoreUnderTest,
+    ) {
+        let store = subject.store.as_ref();
+        let flags = subject.flags.as_ref();
+        const EMERGENCY: &str = "rate_limit_emergency_mode";
+        assert_eq!(flags.flag(EMERGENCY).await.unwrap(), None);
+
+        let switch_on =
+            AuditEvent::new(AuditKind::SecurityEmergencyMode, Outcome::Success, start())
+                .by(Some(Actor {
+                    user_id: None,
+                    name: "cli:ops".into(),
+                }))
+                .on(EMERGENCY)
+                .with_detail(serde_json::json!({"enabled": true}));
+        flags
+            .set_flag(EMERGENCY, Some("on"), &switch_on)
+            .await
+            .unwrap();
+        assert_eq!(flags.flag(EMERGENCY).await.unwrap().as_deref(), Some("on"));
+        let trail = store.recent_audit(10, None).await.unwrap();
+        assert_eq!(trail.len(), 1);
+        assert_eq!(trail[0].event, switch_on);
+        assert_eq!(flags.flag("RATE_LIMIT_EMERGENCY_MODE").await.unwrap(), None);
+        assert_eq!(flags.flag("rate_limit").await.unwrap(), None);
+
+        let value = "é".repeat(256);
+        flags
+            .set_flag(
+                EMERGENCY,
+                Some(&value),
+                &event(AuditKind::SecurityEmergencyMode, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(flags.flag(EMERGENCY).await.unwrap(), Some(value.clone()));
+        flags
+            .set_flag(
+                "maintenance",
+                Some(""),
+                &event(AuditKind::SecurityEmergencyMode, 2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            flags.flag("maintenance").await.unwrap().as_deref(),
+            Some("")
+        );
+        assert_eq!(audit_count(store).await, 3);
+
+        for minute in [3, 4] {
+            flags
+                .set_flag(
+                    EMERGENCY,
+                    None,
+                    &event(AuditKind::SecurityEmergencyMode, minute),
+                )
+                .await
+                .unwrap();
+            assert_eq!(flags.flag(EMERGENCY).await.unwrap(), None);
+        }
+        assert_eq!(
+            audit_count(store).await,
+            5,
+            "clearing an unset flag is still an operator's act, recorded"
+        );
+        assert_eq!(
+            flags.flag("maintenance").await.unwrap().as_deref(),
+            Some("")
+        );
+        flags
+            .set_flag(
+                EMERGENCY,
+                Some("on"),
+                &event(AuditKind::SecurityEmergencyMode, 5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(flags.flag(EMERGENCY).await.unwrap().as_deref(), Some("on"));
+    }
+
+    /// A flag change the store refuses (a name or value longer than the columns, an empty name)
+    /// changes nothing and leaves no audit record.
+    pub async fn refused_flag_changes_write_nothing(subject: &SecurityStoreUnderTest) {
+        let store = subject.store.as_ref();
+        let flags = subject.flags.as_ref();
+        flags
+            .set_flag(
+                "mode",
+                Some("on"),
+                &event(AuditKind::SecurityEmergencyMode, 0),
+            )
+            .await
+            .unwrap();
+        let before = audit_count(store).await;
+        let change = event(AuditKind::SecurityEmergencyMode, 1);
+        let long_name = "n".repeat(65);
+        let long_value = "v".repeat(257);
+        for (name, value) in [
+            (long_name.as_str(), Some("on")),
+            (long_name.as_str(), None),
+            ("mode", Some(long_value.as_str())),
+            ("", Some("on")),
+        ] {
+            conflict_message(flags.set_flag(name, value, &change).await);
+        }
+        assert_eq!(flags.flag("mode").await.unwrap().as_deref(), Some("on"));
+        assert_eq!(flags.flag(&long_name).await.unwrap(), None);
+        assert_eq!(flags.flag("").await.unwrap(), None);
+        assert_eq!(
+            audit_count(store).await,
+            before,
+            "a refused change writes no audit record"
+        );
+        flags
+            .set_flag(&"n".repeat(64), Some("fits"), &change)
+            .await
+            .unwrap();
+        assert_eq!(
+            flags.flag(&"n".repeat(64)).await.unwrap().as_deref(),
+            Some("fits")
         );
     }
 }

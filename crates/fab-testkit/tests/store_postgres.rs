@@ -11,6 +11,7 @@
 use fab_core::StoreError;
 use fab_core::audit::{AuditEvent, AuditKind, Outcome};
 use fab_core::config::DatabaseUrl;
+use fab_core::lockout::{FlagStore, LockoutStore};
 use fab_core::store::SecurityStore;
 use fab_core::user::{NewUser, UserProfile};
 use fab_store::Database;
@@ -36,6 +37,9 @@ mod dml_only {
         (database, store)
     });
 }
+
+/// Every migration this build knows, oldest first.
+const MIGRATIONS: [&str; 2] = ["m0001_security_schema", "m0002_lockout_and_flags"];
 
 async fn raw_connection(database: &TestDatabase) -> sea_orm::DatabaseConnection {
     let DatabaseUrl::Postgres { url } = &database.url else {
@@ -76,7 +80,7 @@ async fn the_least_privileged_role_checks_the_schema_but_cannot_migrate() {
     assert_eq!(server.backend_name(), "postgresql");
     server.ping().await.unwrap();
     let status = server.schema_status().await.unwrap();
-    assert_eq!(status.applied, ["m0001_security_schema"]);
+    assert_eq!(status.applied, MIGRATIONS);
     assert!(status.is_current());
     let refused = server.migrate().await;
     assert!(
@@ -102,7 +106,7 @@ async fn schema_status_of_an_empty_database_reads_and_creates_nothing() {
     let database = fresh_postgres().await;
     let db = database.connect().await;
     let status = db.schema_status().await.unwrap();
-    assert_eq!(status.pending, ["m0001_security_schema"]);
+    assert_eq!(status.pending, MIGRATIONS);
     assert!(status.applied.is_empty() && !status.is_current());
     let tables = raw_connection(&database)
         .await
@@ -113,7 +117,7 @@ async fn schema_status_of_an_empty_database_reads_and_creates_nothing() {
         .await
         .unwrap();
     assert!(tables.is_empty());
-    assert_eq!(db.migrate().await.unwrap(), ["m0001_security_schema"]);
+    assert_eq!(db.migrate().await.unwrap(), MIGRATIONS);
     assert!(db.migrate().await.unwrap().is_empty());
     assert!(db.schema_status().await.unwrap().is_current());
 }
@@ -247,7 +251,7 @@ async fn migration_applies_onto_a_database_flask_appbuilder_created() {
         raw.execute_unprepared(statement).await.unwrap();
     }
     let db = database.connect().await;
-    assert_eq!(db.migrate().await.unwrap(), ["m0001_security_schema"]);
+    assert_eq!(db.migrate().await.unwrap(), MIGRATIONS);
     // The least-privilege role works on the adopted tables too.
     let url = create_dml_only_role(&database).await;
     let store = Database::connect(&url).await.unwrap().store();
@@ -324,4 +328,234 @@ async fn instances_starting_together_sync_the_same_grants_once() {
     let admin = store.role_by_name(ADMIN_ROLE).await.unwrap().unwrap();
     assert_eq!(store.role_grants(admin.id).await.unwrap().len(), 20);
     assert_eq!(store.list_roles().await.unwrap().len(), 2);
+}
+
+/// The login name in a PostgreSQL URL.
+fn role_of(url: &DatabaseUrl) -> String {
+    let DatabaseUrl::Postgres { url } = url else {
+        unreachable!("a PostgreSQL URL");
+    };
+    url::Url::parse(url.expose()).unwrap().username().to_owned()
+}
+
+/// Takes a current database back to what a fab knowing only `m0001_security_schema` left:
+/// without the tables `m0002_lockout_and_flags` adds and without its record.
+async fn forget_the_lockout_migration(owner: &sea_orm::DatabaseConnection) {
+    for statement in [
+        "DROP TABLE fab_lockout",
+        "DROP TABLE fab_flag",
+        "DELETE FROM fab_migrations WHERE version = 'm0002_lockout_and_flags'",
+    ] {
+        owner.execute_unprepared(statement).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_lockout_migration_is_pending_for_the_server_role_until_the_owner_upgrades() {
+    let database = fresh_postgres().await;
+    let owner = database.connect_migrated().await;
+    let raw = raw_connection(&database).await;
+    forget_the_lockout_migration(&raw).await;
+    let url = create_dml_only_role(&database).await;
+    let server = Database::connect(&url).await.unwrap();
+    let alice = server
+        .store()
+        .create_user(&new_user("alice", "alice@example.com"), &create_event())
+        .await
+        .unwrap()
+        .id;
+
+    // What `fab serve` checks at start-up, read-only, as the server's role.
+    let status = server.schema_status().await.unwrap();
+    assert_eq!(status.applied, ["m0001_security_schema"]);
+    assert_eq!(status.pending, ["m0002_lockout_and_flags"]);
+    assert!(!status.is_current());
+    assert!(
+        server.migrate().await.is_err(),
+        "the server's role cannot upgrade"
+    );
+
+    assert_eq!(owner.migrate().await.unwrap(), ["m0002_lockout_and_flags"]);
+    assert!(server.schema_status().await.unwrap().is_current());
+    // Tables made after the grants are not covered by them: the deployment steps grant again
+    // after an upgrade (README, "Deploying to production").
+    let store = server.store();
+    let refused = store.lockout_state(alice).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Internal(m)) if m.contains("permission denied")),
+        "{refused:?}"
+    );
+    let role = role_of(&url);
+    raw.execute_unprepared(&format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+    ))
+    .await
+    .unwrap();
+    let state = store
+        .update_lockout(alice, &|state| state.other.failures += 1)
+        .await
+        .unwrap();
+    assert_eq!(state.other.failures, 1);
+    store
+        .set_flag("mode", Some("on"), &create_event())
+        .await
+        .unwrap();
+    assert_eq!(store.flag("mode").await.unwrap().as_deref(), Some("on"));
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_undoes_the_flag_change() {
+    let database = fresh_postgres().await;
+    database.connect_migrated().await;
+    let url = create_dml_only_role(&database).await;
+    let store = Database::connect(&url).await.unwrap().store();
+    let event = AuditEvent::new(
+        AuditKind::SecurityEmergencyMode,
+        Outcome::Success,
+        chrono::Utc::now(),
+    );
+    store.set_flag("mode", Some("on"), &event).await.unwrap();
+    // The flag write is allowed, the audit write after it is not.
+    raw_connection(&database)
+        .await
+        .execute_unprepared(&format!(
+            "REVOKE INSERT ON fab_audit FROM {}",
+            role_of(&url)
+        ))
+        .await
+        .unwrap();
+    for (name, value) in [("mode", Some("off")), ("mode", None), ("new", Some("x"))] {
+        let refused = store.set_flag(name, value, &event).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Internal(m)) if m.contains("permission denied")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.flag("mode").await.unwrap().as_deref(), Some("on"));
+    assert_eq!(store.flag("new").await.unwrap(), None);
+    assert_eq!(store.recent_audit(10, None).await.unwrap().len(), 1);
+}
+
+/// `other_failures` of `user`, read outside the store.
+async fn stored_failures(connection: &sea_orm::DatabaseConnection, user: i64) -> i32 {
+    let row = connection
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("SELECT other_failures FROM fab_lockout WHERE user_id = {user}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "other_failures").unwrap()
+}
+
+#[tokio::test]
+async fn a_first_lockout_write_racing_another_is_applied_on_top_of_it() {
+    let database = fresh_postgres().await;
+    let store = database.connect_migrated().await.store();
+    let alice = store
+        .create_user(&new_user("alice", "alice@example.com"), &create_event())
+        .await
+        .unwrap()
+        .id;
+    let competitor = raw_connection(&database).await;
+    let watcher = raw_connection(&database).await;
+    // Another instance writes the account's first state and has not committed yet: the store
+    // reads no row, and its insert must wait for the competitor's.
+    let transaction = competitor.begin().await.unwrap();
+    transaction
+        .execute_unprepared(&format!(
+            "INSERT INTO fab_lockout (user_id, known_failures, other_failures, changed_at) \
+             VALUES ({alice}, 0, 5, LOCALTIMESTAMP)"
+        ))
+        .await
+        .unwrap();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .update_lockout(alice, &|state| state.other.failures += 1)
+                .await
+        }
+    });
+    until_a_session_waits_for_a_lock(&watcher).await;
+    transaction.commit().await.unwrap();
+    let state = pending.await.unwrap().unwrap();
+    assert_eq!(state.other.failures, 6, "the competitor's write is kept");
+    assert_eq!(stored_failures(&watcher, alice.0).await, 6);
+}
+
+#[tokio::test]
+async fn a_lockout_update_waits_for_a_competing_one_and_applies_on_top_of_it() {
+    let database = fresh_postgres().await;
+    let store = database.connect_migrated().await.store();
+    let alice = store
+        .create_user(&new_user("alice", "alice@example.com"), &create_event())
+        .await
+        .unwrap()
+        .id;
+    store
+        .update_lockout(alice, &|state| state.other.failures = 1)
+        .await
+        .unwrap();
+    let competitor = raw_connection(&database).await;
+    let watcher = raw_connection(&database).await;
+    let transaction = competitor.begin().await.unwrap();
+    transaction
+        .execute_unprepared(&format!(
+            "UPDATE fab_lockout SET other_failures = other_failures + 10 WHERE user_id = {alice}"
+        ))
+        .await
+        .unwrap();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .update_lockout(alice, &|state| state.other.failures += 1)
+                .await
+        }
+    });
+    until_a_session_waits_for_a_lock(&watcher).await;
+    transaction.commit().await.unwrap();
+    let state = pending.await.unwrap().unwrap();
+    assert_eq!(state.other.failures, 12);
+    assert_eq!(stored_failures(&watcher, alice.0).await, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lockout_updates_from_four_instances_lose_nothing() {
+    let database = fresh_postgres().await;
+    let first = database.connect_migrated().await.store();
+    let alice = first
+        .create_user(&new_user("alice", "alice@example.com"), &create_event())
+        .await
+        .unwrap()
+        .id;
+    let mut instances = vec![first];
+    for _ in 0..3 {
+        // Each instance has a pool of its own, as separate processes would.
+        instances.push(database.connect().await.store());
+    }
+    // No row yet: the first writes race to insert it.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = instances[i % instances.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_lockout(alice, &|state| state.other.failures += 1)
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        instances[0]
+            .lockout_state(alice)
+            .await
+            .unwrap()
+            .other
+            .failures,
+        64
+    );
 }

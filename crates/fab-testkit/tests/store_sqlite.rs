@@ -6,7 +6,10 @@
     reason = "test code: a failed unwrap is the test failing"
 )]
 
+use fab_core::audit::{AuditEvent, AuditKind, Outcome};
 use fab_core::config::DatabaseUrl;
+use fab_core::lockout::{FlagStore, LockoutStore};
+use fab_core::store::SecurityStore;
 use fab_store::Database;
 use fab_testkit::database::{TestDatabase, fresh_sqlite};
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
@@ -16,6 +19,9 @@ fab_testkit::security_store_conformance!(async {
     let store = database.connect_migrated().await.store();
     (database, store)
 });
+
+/// Every migration this build knows, oldest first.
+const MIGRATIONS: [&str; 2] = ["m0001_security_schema", "m0002_lockout_and_flags"];
 
 async fn raw(database: &TestDatabase) -> sea_orm::DatabaseConnection {
     let DatabaseUrl::Sqlite { path } = &database.url else {
@@ -90,11 +96,11 @@ async fn migrate_applies_once_and_reports_status() {
     let db = database.connect().await;
     let before = db.schema_status().await.unwrap();
     assert!(before.applied.is_empty() && before.unknown.is_empty());
-    assert_eq!(before.pending, ["m0001_security_schema"]);
+    assert_eq!(before.pending, MIGRATIONS);
     assert!(!before.is_current());
-    assert_eq!(db.migrate().await.unwrap(), ["m0001_security_schema"]);
+    assert_eq!(db.migrate().await.unwrap(), MIGRATIONS);
     let after = db.schema_status().await.unwrap();
-    assert_eq!(after.applied, ["m0001_security_schema"]);
+    assert_eq!(after.applied, MIGRATIONS);
     assert!(after.is_current());
     assert!(
         db.migrate().await.unwrap().is_empty(),
@@ -172,9 +178,6 @@ INSERT INTO ab_user_role (id, user_id, role_id) VALUES (1, 1, 1);
 
 #[tokio::test]
 async fn migration_applies_onto_a_database_flask_appbuilder_created() {
-    use fab_core::audit::{AuditEvent, AuditKind, Outcome};
-    use fab_core::store::SecurityStore;
-
     let database = fresh_sqlite().await;
     let db = database.connect().await;
     let connection = raw(&database).await;
@@ -184,7 +187,7 @@ async fn migration_applies_onto_a_database_flask_appbuilder_created() {
     {
         connection.execute_unprepared(statement).await.unwrap();
     }
-    assert_eq!(db.migrate().await.unwrap(), ["m0001_security_schema"]);
+    assert_eq!(db.migrate().await.unwrap(), MIGRATIONS);
     let store = db.store();
     let admin = store
         .user_by_login("ADMIN")
@@ -228,9 +231,6 @@ async fn migration_applies_onto_a_database_flask_appbuilder_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_wait_their_turn() {
-    use fab_core::audit::{AuditEvent, AuditKind, Outcome};
-    use fab_core::store::SecurityStore;
-
     let database = fresh_sqlite().await;
     let store = database.connect_migrated().await.store();
     let event = |kind| AuditEvent::new(kind, Outcome::Success, chrono::Utc::now());
@@ -271,4 +271,142 @@ async fn concurrent_writers_wait_their_turn() {
     assert_eq!(target.fail_login_count, 24, "no increment was lost");
     assert_eq!(store.count_users().await.unwrap(), 25);
     assert_eq!(store.recent_audit(1000, None).await.unwrap().len(), 49);
+}
+
+fn new_user(name: &str) -> fab_core::user::NewUser {
+    fab_core::user::NewUser {
+        profile: fab_core::user::UserProfile {
+            first_name: "Lock".into(),
+            last_name: "Out".into(),
+            email: format!("{name}@example.com"),
+            username: name.into(),
+            active: true,
+            roles: Vec::new(),
+        },
+        password_hash: fab_core::Secret::new("$argon2id$x"),
+        created_by: None,
+    }
+}
+
+fn at_epoch(kind: AuditKind) -> AuditEvent {
+    AuditEvent::new(kind, Outcome::Success, fab_testkit::server::test_epoch())
+}
+
+/// Takes a current database back to what a fab knowing only `m0001_security_schema` left:
+/// without the tables `m0002_lockout_and_flags` adds and without its record.
+async fn forget_the_lockout_migration(connection: &sea_orm::DatabaseConnection) {
+    for statement in [
+        "DROP TABLE fab_lockout",
+        "DROP TABLE fab_flag",
+        "DELETE FROM fab_migrations WHERE version = 'm0002_lockout_and_flags'",
+    ] {
+        connection.execute_unprepared(statement).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_first_schema_has_the_lockout_migration_pending_until_upgraded() {
+    let database = fresh_sqlite().await;
+    let db = database.connect_migrated().await;
+    let store = db.store();
+    let alice = store
+        .create_user(&new_user("alice"), &at_epoch(AuditKind::AdminUserCreate))
+        .await
+        .unwrap();
+    forget_the_lockout_migration(&raw(&database).await).await;
+
+    // What `fab serve` checks at start-up, read-only.
+    let status = db.schema_status().await.unwrap();
+    assert_eq!(status.applied, ["m0001_security_schema"]);
+    assert_eq!(status.pending, ["m0002_lockout_and_flags"]);
+    assert!(status.unknown.is_empty() && !status.is_current());
+    assert!(
+        store.lockout_state(alice.id).await.is_err(),
+        "the table is not there yet"
+    );
+
+    assert_eq!(db.migrate().await.unwrap(), ["m0002_lockout_and_flags"]);
+    assert!(db.schema_status().await.unwrap().is_current());
+    let state = store
+        .update_lockout(alice.id, &|state| state.other.failures += 1)
+        .await
+        .unwrap();
+    assert_eq!(state.other.failures, 1);
+    assert_eq!(
+        store
+            .user_by_id(alice.id)
+            .await
+            .unwrap()
+            .map(|u| u.username),
+        Some("alice".to_owned()),
+        "the upgrade keeps what was there"
+    );
+    assert_eq!(store.recent_audit(10, None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_undoes_the_flag_change() {
+    let database = fresh_sqlite().await;
+    let store = database.connect_migrated().await.store();
+    let event = at_epoch(AuditKind::SecurityEmergencyMode);
+    store.set_flag("mode", Some("on"), &event).await.unwrap();
+    let connection = raw(&database).await;
+    connection
+        .execute_unprepared(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON fab_audit \
+             BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+        )
+        .await
+        .unwrap();
+    for (name, value) in [("mode", Some("off")), ("mode", None), ("new", Some("x"))] {
+        let refused = store.set_flag(name, value, &event).await;
+        assert!(
+            matches!(&refused, Err(fab_core::StoreError::Internal(m)) if m.contains("audit refused")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.flag("mode").await.unwrap().as_deref(), Some("on"));
+    assert_eq!(store.flag("new").await.unwrap(), None);
+    assert_eq!(store.recent_audit(10, None).await.unwrap().len(), 1);
+
+    connection
+        .execute_unprepared("DROP TRIGGER refuse_audit")
+        .await
+        .unwrap();
+    store.set_flag("mode", None, &event).await.unwrap();
+    assert_eq!(store.flag("mode").await.unwrap(), None);
+    assert_eq!(store.recent_audit(10, None).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lockout_updates_from_two_instances_lose_nothing() {
+    let database = fresh_sqlite().await;
+    let first = database.connect_migrated().await.store();
+    // A pool of its own, as a second process on the same file would have.
+    let second = database.connect().await.store();
+    let alice = first
+        .create_user(&new_user("alice"), &at_epoch(AuditKind::AdminUserCreate))
+        .await
+        .unwrap()
+        .id;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_lockout(alice, &|state| state.other.failures += 1)
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        second.lockout_state(alice).await.unwrap().other.failures,
+        32
+    );
 }
