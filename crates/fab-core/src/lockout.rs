@@ -177,7 +177,8 @@ pub trait LockoutStore: Send + Sync + 'static {
     /// The state of an account (default when none is stored).
     async fn lockout_state(&self, user: UserId) -> Result<LockoutState, StoreError>;
     /// Applies `change` to the stored state atomically (no lost update under concurrent logins)
-    /// and returns the new state.
+    /// and returns the new state. Under contention a store may run `change` more than once
+    /// (only the last run is stored), so callers judge the outcome from the returned state.
     // The `for<'a>` is spelled out because `#[async_trait]` gives every elided lifetime in the
     // signature a name of its own, the one inside `Fn(&mut ..)` included: the closure would then
     // only accept a borrow chosen by the caller, and no implementation could pass it its state.

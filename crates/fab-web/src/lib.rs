@@ -82,6 +82,8 @@ pub struct AppParts {
     pub limiter: Arc<dyn fab_core::ratelimit::RateLimiter>,
     /// Whether emergency limits are in force; kept current by `fab serve`'s watcher.
     pub emergency: Arc<std::sync::atomic::AtomicBool>,
+    /// Failed-login counters and account locks.
+    pub lockouts: Arc<dyn fab_core::lockout::LockoutStore>,
 }
 
 /// Every grant the built-in pages and API declare, for `sync_permissions` at start-up and for

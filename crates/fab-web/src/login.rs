@@ -10,6 +10,7 @@ use crate::client::ClientInfo;
 use crate::error::Failure;
 use crate::state::AppState;
 use fab_core::audit::{Actor, AuditEvent, AuditKind, Outcome};
+use fab_core::lockout::{Assessment, LockoutPolicy};
 use fab_core::ratelimit::RateKey;
 use fab_core::secret::Secret;
 use fab_core::user::User;
@@ -41,8 +42,21 @@ pub(crate) async fn authenticate(
     } else {
         None
     };
+    let lockout = lockout_policy(state);
+    let now = parts.clock.now();
+    let ip = client.ip.as_deref();
+    let assessment = match &user {
+        Some(user) => lockout.assess(&parts.lockouts.lockout_state(user.id).await?, ip, now),
+        None => Assessment::Allowed,
+    };
+    // A locked or delayed account is answered like a wrong password, after the same hashing
+    // work, so neither the answer nor its timing tells which accounts exist or are locked.
+    let checkable = assessment == Assessment::Allowed;
     let hasher = parts.hasher.clone();
-    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let stored = user
+        .as_ref()
+        .filter(|_| checkable)
+        .map(|u| u.password_hash.clone());
     let password_for_check = password.clone();
     let verification = tokio::task::spawn_blocking(move || match stored {
         Some(stored) => Some(hasher.verify(&password_for_check, stored.expose())),
@@ -54,28 +68,38 @@ pub(crate) async fn authenticate(
     .await
     .map_err(|e| Failure::Internal(format!("password check task failed: {e}")))?;
 
-    let now = parts.clock.now();
     let failure = |reason: &str| {
         AuditEvent::new(AuditKind::UserFailedLogin, Outcome::Failure, now)
             .from_origin(client.origin())
             .with_detail(serde_json::json!({ "reason": reason, "method": method }))
     };
-    let (user, verification) = match (user, verification) {
-        (Some(user), Some(verification)) => (user, verification),
-        _ => {
-            let event = failure("unknown_user").on(format!("login:{}", truncate(login, 64)));
-            parts.store.record(&event).await?;
-            return Ok(None);
-        }
+    let Some(user) = user else {
+        let event = failure("unknown_user").on(format!("login:{}", truncate(login, 64)));
+        parts.store.record(&event).await?;
+        return Ok(None);
     };
     let target = user.audit_target();
     let actor = Some(Actor {
         user_id: Some(user.id),
         name: user.username.clone(),
     });
+    let Some(verification) = verification else {
+        let reason = match assessment {
+            Assessment::Locked(_) => "locked",
+            _ => "delayed",
+        };
+        parts
+            .store
+            .record(&failure(reason).on(target).by(actor))
+            .await?;
+        return Ok(None);
+    };
     if !verification.is_match() {
-        let event = failure("wrong_password").on(target).by(actor);
+        let event = failure("wrong_password")
+            .on(target.clone())
+            .by(actor.clone());
         parts.store.record_login_failure(user.id, &event).await?;
+        record_lockout_failure(state, &lockout, &user, client, now).await?;
         return Ok(None);
     }
     if !user.active {
@@ -108,7 +132,60 @@ pub(crate) async fn authenticate(
         .store
         .record_login_success(user.id, now, &event)
         .await?;
+    parts
+        .lockouts
+        .update_lockout(user.id, &|state| lockout.record_success(state, ip, now))
+        .await?;
     Ok(Some(user))
+}
+
+/// Counts a wrong password against the account's lockout state; audits `security.lockout` when
+/// this failure locked it.
+async fn record_lockout_failure(
+    state: &AppState,
+    lockout: &LockoutPolicy,
+    user: &User,
+    client: &ClientInfo,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Failure> {
+    let ip = client.ip.as_deref();
+    let after = state
+        .parts
+        .lockouts
+        .update_lockout(user.id, &|current| {
+            lockout.record_failure(current, ip, now);
+        })
+        .await?;
+    // The store may run the change more than once under contention, so whether this failure
+    // locked the account is read from the stored result: a lock set by this very failure ends
+    // exactly one lock duration from now.
+    let locked_now = [after.known.locked_until, after.other.locked_until]
+        .contains(&Some(now + lockout.duration));
+    if locked_now {
+        tracing::warn!(user = %user.username, ip = ?client.ip, "account locked after repeated failed logins");
+        let event = AuditEvent::new(AuditKind::SecurityLockout, Outcome::Failure, now)
+            .by(Some(Actor {
+                user_id: Some(user.id),
+                name: user.username.clone(),
+            }))
+            .on(user.audit_target())
+            .from_origin(client.origin())
+            .with_detail(serde_json::json!({
+                "failures": after.other.failures.max(after.known.failures),
+                "locked_seconds": lockout.duration.num_seconds(),
+            }));
+        state.parts.store.record(&event).await?;
+    }
+    Ok(())
+}
+
+fn lockout_policy(state: &AppState) -> LockoutPolicy {
+    let limits = &state.parts.config.rate_limit;
+    LockoutPolicy {
+        threshold: limits.lockout_threshold,
+        duration: limits.lockout_duration,
+        delay_after: limits.lockout_delay_after,
+    }
 }
 
 /// `RATE_LIMIT_LOGIN_ATTEMPTS` per client IP and per username: each credential check takes one

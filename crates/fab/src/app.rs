@@ -175,9 +175,11 @@ impl App {
             Arc::new(MemoryRateLimiter::new(Arc::clone(&clock)));
         let (limiter, emergency_source): (Arc<dyn RateLimiter>, _) = match config.rate_limit.backend
         {
+            // Each server's memory limiter is its own, so the switch every instance and the CLI
+            // share is the database flag.
             LimiterBackend::Memory => (
                 Arc::clone(&memory_limiter),
-                crate::limiter::EmergencySource::Limiter(Arc::clone(&memory_limiter)),
+                crate::limiter::EmergencySource::Database(Arc::new(store.clone())),
             ),
             LimiterBackend::Redis => {
                 let redis: Arc<dyn RateLimiter> =
@@ -195,6 +197,7 @@ impl App {
                 )
             }
         };
+        let lockouts = store.clone();
         let parts = AppParts {
             config: Arc::clone(&config),
             store: Arc::new(store),
@@ -204,6 +207,7 @@ impl App {
             rng,
             limiter,
             emergency: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            lockouts: Arc::new(lockouts),
         };
         let app = App {
             config,

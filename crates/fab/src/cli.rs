@@ -99,6 +99,15 @@ pub enum Command {
     },
     /// Remove permissions that no route declares any more.
     SecurityCleanup,
+    /// Rate limiting: what is in force, emergency mode, forgetting a key.
+    #[command(subcommand)]
+    RateLimit(RateLimitCommand),
+    /// End an account's lockout (failed-login counters and locks).
+    UserUnlock {
+        /// The user.
+        #[arg(long)]
+        username: String,
+    },
     /// Print fab's version.
     Version,
     /// Configuration.
@@ -118,6 +127,39 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (overrides TLS_KEY_FILE).
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// `fab rate-limit ...`.
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Backend, reachability, policies in force, emergency state and the most-limited keys.
+    Status {
+        /// How many of the most-limited keys to show.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Switch emergency limits on or off on every instance (each limit divided by
+    /// RATE_LIMIT_EMERGENCY_FACTOR unless set).
+    Emergency {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: Switch,
+    },
+    /// Forget a key's state, giving its whole budget back (e.g. rate_limit:login:user:alice).
+    Reset {
+        /// The key, with or without the `rate_limit:` prefix.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Switch on.
+    On,
+    /// Switch off.
+    Off,
 }
 
 /// `fab db ...`.
@@ -330,6 +372,24 @@ async fn dispatch(context: &Context, command: Command) -> Result<Option<Report>,
         Command::ExportRoles { path } => export_roles(context, &path).await?,
         Command::ImportRoles { path } => import_roles(context, &path).await?,
         Command::SecurityCleanup => security_cleanup(context).await?,
+        Command::RateLimit(RateLimitCommand::Status { top }) => {
+            rate_limit_status(&context.app(StartMode::Command).await?, top).await?
+        }
+        Command::RateLimit(RateLimitCommand::Emergency { state }) => {
+            let app = context.app(StartMode::Command).await?;
+            set_emergency(&app, state == Switch::On, &context.actor()).await?
+        }
+        Command::RateLimit(RateLimitCommand::Reset { key }) => {
+            reset_key(&context.app(StartMode::Command).await?, &key).await?
+        }
+        Command::UserUnlock { username } => {
+            unlock(
+                &context.app(StartMode::Command).await?,
+                &username,
+                &context.actor(),
+            )
+            .await?
+        }
         Command::Version => version(),
         Command::Config(ConfigCommand::Check) => config_check(context)?,
     };
@@ -968,6 +1028,192 @@ fn config_check(context: &Context) -> Result<Report, CliError> {
         println!("{human}");
     }
     Err(CliError::ConfigProblems(report.problems.len()))
+}
+
+fn limiter_error(error: fab_core::ratelimit::LimiterError) -> CliError {
+    CliError::Usage(format!("the rate limiter did not answer: {error}"))
+}
+
+fn store_error(error: fab_core::StoreError) -> CliError {
+    CliError::App(AppError::Store(error))
+}
+
+async fn rate_limit_status(app: &App, top: usize) -> Result<Report, CliError> {
+    use fab_core::config::LimiterBackend;
+    let limits = &app.config.rate_limit;
+    let backend = match limits.backend {
+        LimiterBackend::Memory => "memory",
+        LimiterBackend::Redis => "redis",
+    };
+    let reachable = app.parts.limiter.ping().await;
+    let emergency = app.emergency_source.read().await;
+    let policies = [
+        ("default (per IP)", limits.default, limits.emergency_default),
+        (
+            "login (per username and per IP)",
+            limits.login,
+            limits.emergency_login,
+        ),
+        ("api (per principal)", limits.api, limits.emergency_api),
+    ];
+    let hottest = match limits.backend {
+        // The memory limiter's counters live inside each server process, not here.
+        LimiterBackend::Memory => Vec::new(),
+        // Unreachable is already said above; the status still shows the rest.
+        LimiterBackend::Redis => app.parts.limiter.hottest(top).await.unwrap_or_default(),
+    };
+    let mut human = format!(
+        "backend: {backend} ({})\nenabled: {}\nemergency mode: {}\nfail mode: {:?}\n",
+        match &reachable {
+            Ok(()) => "reachable".to_owned(),
+            Err(e) => format!("NOT reachable: {e}"),
+        },
+        limits.enabled,
+        match &emergency {
+            Ok(true) => "ON".to_owned(),
+            Ok(false) => "off".to_owned(),
+            Err(e) => format!("unknown ({e})"),
+        },
+        limits.fail_mode,
+    );
+    let mut policy_table = table(["policy", "limit", "emergency limit"]);
+    for (name, normal, strict) in &policies {
+        policy_table.add_row([(*name).to_owned(), normal.to_string(), strict.to_string()]);
+    }
+    for (path, rate) in &limits.routes {
+        policy_table.add_row([
+            format!("route {path} (per IP)"),
+            rate.to_string(),
+            rate.divided(limits.emergency_factor).to_string(),
+        ]);
+    }
+    human.push_str(&format!("{policy_table}\n"));
+    if limits.backend == LimiterBackend::Memory {
+        human.push_str("keys: the memory limiter keeps its counters inside each server process\n");
+    } else if hottest.is_empty() {
+        human.push_str("keys: none is limited\n");
+    } else {
+        let mut keys = table([
+            "key",
+            "used",
+            "remaining",
+            "retry after (s)",
+            "reset after (s)",
+        ]);
+        for key in &hottest {
+            keys.add_row([
+                key.key.as_str().to_owned(),
+                key.used.to_string(),
+                key.remaining.to_string(),
+                key.retry_after.num_seconds().to_string(),
+                key.reset_after.num_seconds().to_string(),
+            ]);
+        }
+        human.push_str(&format!("{keys}\n"));
+    }
+    let json = serde_json::json!({
+        "backend": backend,
+        "enabled": limits.enabled,
+        "reachable": reachable.is_ok(),
+        "emergency": emergency.as_ref().ok(),
+        "fail_mode": format!("{:?}", limits.fail_mode).to_lowercase(),
+        "policies": policies.iter().map(|(name, normal, strict)| serde_json::json!({
+            "policy": name, "limit": normal.to_string(), "emergency_limit": strict.to_string(),
+        })).collect::<Vec<_>>(),
+        "routes": limits.routes.iter().map(|(p, r)| serde_json::json!({"path": p, "limit": r.to_string()})).collect::<Vec<_>>(),
+        "hottest": hottest.iter().map(|k| serde_json::json!({
+            "key": k.key.as_str(), "used": k.used, "remaining": k.remaining,
+            "retry_after_seconds": k.retry_after.num_seconds(), "reset_after_seconds": k.reset_after.num_seconds(),
+        })).collect::<Vec<_>>(),
+    });
+    Ok(Report::new(human, json))
+}
+
+async fn set_emergency(app: &App, on: bool, actor: &Actor) -> Result<Report, CliError> {
+    use fab_core::audit::{AuditEvent, AuditKind, AuditSink, Outcome};
+    use fab_core::config::LimiterBackend;
+    use fab_core::lockout::FlagStore;
+    use fab_core::ratelimit::EMERGENCY_MODE_KEY;
+    let event = AuditEvent::new(
+        AuditKind::SecurityEmergencyMode,
+        Outcome::Success,
+        app.parts.clock.now(),
+    )
+    .by(Some(actor.clone()))
+    .with_detail(serde_json::json!({ "emergency": on, "by": "cli" }));
+    let store = app.database.store();
+    match app.config.rate_limit.backend {
+        LimiterBackend::Redis => {
+            app.parts
+                .limiter
+                .set_emergency(on)
+                .await
+                .map_err(limiter_error)?;
+            store.record(&event).await.map_err(store_error)?;
+        }
+        // Every server watches the database flag when its limiter is in memory.
+        LimiterBackend::Memory => store
+            .set_flag(EMERGENCY_MODE_KEY, on.then_some("1"), &event)
+            .await
+            .map_err(store_error)?,
+    }
+    let state = if on { "ON" } else { "off" };
+    Ok(Report::new(
+        format!("emergency rate limits {state}; every instance follows within a second"),
+        serde_json::json!({ "emergency": on }),
+    ))
+}
+
+async fn reset_key(app: &App, key: &str) -> Result<Report, CliError> {
+    use fab_core::config::LimiterBackend;
+    let key =
+        fab_core::ratelimit::RateKey::parse(key).map_err(|e| CliError::Usage(e.to_string()))?;
+    if app.config.rate_limit.backend == LimiterBackend::Memory {
+        return Err(CliError::Usage(
+            "RATE_LIMIT_BACKEND=memory keeps its counters inside each server process; restart the server to reset them, or use redis".into(),
+        ));
+    }
+    let had_state = app.parts.limiter.reset(&key).await.map_err(limiter_error)?;
+    let human = if had_state {
+        format!("reset `{}`", key.as_str())
+    } else {
+        format!("`{}` held no state", key.as_str())
+    };
+    Ok(Report::new(
+        human,
+        serde_json::json!({ "key": key.as_str(), "had_state": had_state }),
+    ))
+}
+
+async fn unlock(app: &App, username: &str, actor: &Actor) -> Result<Report, CliError> {
+    use fab_core::audit::{AuditEvent, AuditKind, AuditSink, Outcome};
+    use fab_core::lockout::LockoutStore;
+    let user = accounts::user_by_username(&app.parts, username).await?;
+    let store = app.database.store();
+    let state = store.lockout_state(user.id).await.map_err(store_error)?;
+    let was_locked = state.locked_anywhere(app.parts.clock.now());
+    store.clear_lockout(user.id).await.map_err(store_error)?;
+    let event = AuditEvent::new(
+        AuditKind::AdminUserUnlock,
+        Outcome::Success,
+        app.parts.clock.now(),
+    )
+    .by(Some(actor.clone()))
+    .on(user.audit_target())
+    .with_detail(serde_json::json!({ "was_locked": was_locked }));
+    store.record(&event).await.map_err(store_error)?;
+    let human = if was_locked {
+        format!("unlocked `{}`", user.username)
+    } else {
+        format!(
+            "`{}` was not locked; its failure counters are cleared",
+            user.username
+        )
+    };
+    Ok(Report::new(
+        human,
+        serde_json::json!({ "username": user.username, "was_locked": was_locked }),
+    ))
 }
 
 fn table<const N: usize>(header: [&str; N]) -> Table {

@@ -980,3 +980,65 @@ fn a_terminal_is_asked_for_a_missing_password_twice() {
     assert!(screen.contains("password of `alice` reset"), "{screen}");
     assert_eq!(site.audit("admin.password_reset").len(), 1);
 }
+
+#[test]
+fn rate_limit_status_and_emergency_mode_through_the_database_with_the_memory_limiter() {
+    let mut site = Site::new();
+    site.set("RATE_LIMIT_DEFAULT", "50/hour");
+    let status = site.json(&["rate-limit", "status"]);
+    assert_eq!(status["backend"], "memory");
+    assert_eq!(status["reachable"], true);
+    assert_eq!(status["emergency"], false);
+    assert_eq!(status["policies"][0]["limit"], "50/hour");
+    assert_eq!(status["policies"][0]["emergency_limit"], "5/hour");
+    let human = site.ok(&["rate-limit", "status"]);
+    assert!(
+        human.contains("memory limiter keeps its counters inside each server process"),
+        "{human}"
+    );
+
+    let on = site.ok(&["rate-limit", "emergency", "on"]);
+    assert!(on.contains("emergency rate limits ON"), "{on}");
+    assert_eq!(site.json(&["rate-limit", "status"])["emergency"], true);
+    assert_eq!(site.audit("security.emergency_mode")[0].0, "cli:tester");
+    site.ok(&["rate-limit", "emergency", "off"]);
+    assert_eq!(site.json(&["rate-limit", "status"])["emergency"], false);
+
+    let error = site.fails(&[
+        "rate-limit",
+        "reset",
+        "--key",
+        "rate_limit:login:user:alice",
+    ]);
+    assert!(error.contains("inside each server process"), "{error}");
+    let output = site.run(&["rate-limit", "emergency", "maybe"]);
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: on, off"));
+}
+
+#[test]
+fn rate_limit_status_names_an_unreachable_redis_quickly() {
+    let mut site = Site::new();
+    site.set("RATE_LIMIT_BACKEND", "redis")
+        .set("REDIS_URL", "redis://127.0.0.1:1/0");
+    let started = Instant::now();
+    let status = site.json(&["rate-limit", "status"]);
+    assert_eq!(status["backend"], "redis");
+    assert_eq!(status["reachable"], false);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn user_unlock_clears_the_lockout_and_is_audited() {
+    let site = Site::new();
+    site.create_user("alice", &["Public"]);
+    let line = site.ok(&["user-unlock", "--username", "alice"]);
+    assert!(line.contains("was not locked"), "{line}");
+    assert_eq!(site.audit("admin.user_unlock").len(), 1);
+    let error = site.fails(&["user-unlock", "--username", "nobody"]);
+    assert!(error.contains("no user with username `nobody`"), "{error}");
+}
