@@ -1042,3 +1042,171 @@ fn user_unlock_clears_the_lockout_and_is_audited() {
     let error = site.fails(&["user-unlock", "--username", "nobody"]);
     assert!(error.contains("no user with username `nobody`"), "{error}");
 }
+
+/// A TLS-only `redis-server` on a free port with a fresh self-signed certificate (openssl).
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    /// The CA certificate clients must trust.
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&str]| {
+            let made = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl makes the test certificates");
+            assert!(
+                made.status.success(),
+                "{}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        };
+        // A CA of the test's own, and a leaf certificate for localhost signed by it.
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=fab test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let (leaf, key) = (path("cert.pem"), path("key.pem"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&leaf)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (with TLS) starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            ca: path("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rediss_urls_and_redis_ssl_speak_tls_and_check_the_certificate() {
+    let redis = TlsRedis::start();
+    let mut site = Site::new();
+    site.set("RATE_LIMIT_BACKEND", "redis")
+        .set("REDIS_TIMEOUT_MS", "2000")
+        .set("SSL_CERT_FILE", &redis.ca.display().to_string());
+    site.set("REDIS_URL", &format!("rediss://localhost:{}/0", redis.port));
+    let human = site.ok(&["rate-limit", "status"]);
+    assert!(
+        human.contains("backend: redis (reachable)"),
+        "rediss://: {human}"
+    );
+    site.set("REDIS_URL", &format!("redis://localhost:{}/0", redis.port))
+        .set("REDIS_SSL", "true");
+    assert_eq!(
+        site.json(&["rate-limit", "status"])["reachable"],
+        true,
+        "REDIS_SSL=true"
+    );
+    site.set("REDIS_SSL", "false");
+    assert_eq!(
+        site.json(&["rate-limit", "status"])["reachable"],
+        false,
+        "plain text to a TLS port"
+    );
+    // A certificate nobody vouches for is refused.
+    site.env.retain(|(name, _)| name != "SSL_CERT_FILE");
+    site.set("REDIS_URL", &format!("rediss://localhost:{}/0", redis.port));
+    assert_eq!(
+        site.json(&["rate-limit", "status"])["reachable"],
+        false,
+        "unknown certificate"
+    );
+    let on = site.run(&["rate-limit", "emergency", "on"]);
+    assert_eq!(
+        on.status.code(),
+        Some(1),
+        "a switch that cannot reach Redis fails loudly"
+    );
+}
