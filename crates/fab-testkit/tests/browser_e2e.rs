@@ -503,6 +503,29 @@ async fn admin_logs_in_adds_a_user_and_logs_out_in_a_real_browser_without_consol
         303
     );
 
+    // Browse every admin page under the default policy; none may raise a violation.
+    let viewer_role = server.store.role_by_name("Public").await.unwrap().unwrap();
+    for path in [
+        "/".to_owned(),
+        "/users/list/?search=grace".to_owned(),
+        format!("/users/edit/{}", user.id),
+        format!("/users/resetpasswords/{}", user.id),
+        "/users/userinfo/".to_owned(),
+        "/resetmypassword/form".to_owned(),
+        "/roles/list/".to_owned(),
+        "/roles/add/".to_owned(),
+        format!("/roles/show/{}", viewer_role.id.0),
+        format!("/roles/edit/{}", viewer_role.id.0),
+        "/permissions/list/".to_owned(),
+        "/viewmenus/list/".to_owned(),
+        "/permissionviews/list/".to_owned(),
+    ] {
+        open(&page, &format!("{base}{path}")).await;
+        wait_for_url(&page, |url| url.ends_with(&path), &format!("{path} opens")).await;
+        let heading = text_of(&page, "main h1").await;
+        assert!(!heading.is_empty(), "{path} rendered a page");
+    }
+
     // Log out with the top bar's button.
     click_and_wait_for_load(
         &page,
@@ -539,6 +562,12 @@ async fn admin_logs_in_adds_a_user_and_logs_out_in_a_real_browser_without_consol
         raised.is_empty(),
         "the pages raised console messages or exceptions: {raised:#?}"
     );
+    let reports = server
+        .store
+        .recent_audit(10, Some("security.csp_violation"))
+        .await
+        .unwrap();
+    assert!(reports.is_empty(), "no CSP report reached fab: {reports:?}");
 
     // Probe: the collector does see what it is there to catch. An inline script (which fab's
     // CSP must refuse), a console call and an uncaught exception each reach it.
