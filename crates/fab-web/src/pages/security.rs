@@ -6,43 +6,39 @@ use crate::error::PageError;
 use axum::response::Response;
 use minijinja::context;
 
-/// `GET /permissions/list/`.
-pub(crate) async fn permissions(page: Page) -> Result<Response, PageError> {
-    let rows: Vec<Vec<String>> = page
-        .state
-        .parts
-        .store
-        .list_permissions()
-        .await?
-        .into_iter()
-        .map(|(id, name)| vec![id.to_string(), name])
-        .collect();
+fn table(
+    page: &Page,
+    title: &str,
+    columns: &[&str],
+    rows: Vec<Vec<String>>,
+) -> Result<Response, PageError> {
     page.render(
         "security/list.html",
-        context! { title => "Permissions", columns => ["Id", "Name"], rows => rows },
+        context! { title => title, columns => columns, rows => rows },
     )
+}
+
+fn id_and_name(rows: Vec<(i64, String)>) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|(id, name)| vec![id.to_string(), name])
+        .collect()
+}
+
+/// `GET /permissions/list/`.
+pub(crate) async fn permissions(page: Page) -> Result<Response, PageError> {
+    let rows = id_and_name(page.state.parts.store.list_permissions().await?);
+    table(&page, "Permissions", &["Id", "Name"], rows)
 }
 
 /// `GET /viewmenus/list/`.
 pub(crate) async fn view_menus(page: Page) -> Result<Response, PageError> {
-    let rows: Vec<Vec<String>> = page
-        .state
-        .parts
-        .store
-        .list_view_menus()
-        .await?
-        .into_iter()
-        .map(|(id, name)| vec![id.to_string(), name])
-        .collect();
-    page.render(
-        "security/list.html",
-        context! { title => "View menus", columns => ["Id", "Name"], rows => rows },
-    )
+    let rows = id_and_name(page.state.parts.store.list_view_menus().await?);
+    table(&page, "View menus", &["Id", "Name"], rows)
 }
 
 /// `GET /permissionviews/list/`.
 pub(crate) async fn permission_views(page: Page) -> Result<Response, PageError> {
-    let rows: Vec<Vec<String>> = page
+    let rows = page
         .state
         .parts
         .store
@@ -51,8 +47,10 @@ pub(crate) async fn permission_views(page: Page) -> Result<Response, PageError> 
         .into_iter()
         .map(|pv| vec![pv.id.0.to_string(), pv.grant.permission, pv.grant.view_menu])
         .collect();
-    page.render(
-        "security/list.html",
-        context! { title => "Permissions on views", columns => ["Id", "Permission", "View menu"], rows => rows },
+    table(
+        &page,
+        "Permissions on views",
+        &["Id", "Permission", "View menu"],
+        rows,
     )
 }
