@@ -2245,6 +2245,77 @@ mod tests {
     }
 
     #[test]
+    fn named_overrides_turn_refusals_into_loud_warnings() {
+        let secret = "s".repeat(40);
+        let base = [
+            ("FAB_ENV", "production"),
+            ("SECRET_KEY", secret.as_str()),
+            ("ENFORCE_HTTPS", "false"),
+            ("SESSION_COOKIE_SECURE", "false"),
+        ];
+        let errors = Config::from_raw(&raw(&base)).unwrap_err();
+        let keys: Vec<_> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["SESSION_COOKIE_SECURE", "ENFORCE_HTTPS"]);
+        let mut overridden = base.to_vec();
+        overridden.push(("ALLOW_INSECURE", "plain-http, insecure-cookies"));
+        let config = Config::from_raw(&raw(&overridden)).unwrap();
+        assert_eq!(
+            config.edge.allow_insecure,
+            [
+                InsecureOverride::PlainHttp,
+                InsecureOverride::InsecureCookies
+            ]
+        );
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("ALLOW_INSECURE=plain-http"))
+        );
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("ALLOW_INSECURE=insecure-cookies"))
+        );
+        let errors = Config::from_raw(&raw(&[
+            ("SECRET_KEY", secret.as_str()),
+            ("ALLOW_INSECURE", "everything"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errors.0[0].key, "ALLOW_INSECURE");
+    }
+
+    #[test]
+    fn memory_backends_with_several_instances_warn_in_production() {
+        let secret = "s".repeat(40);
+        let config = Config::from_raw(&raw(&[
+            ("FAB_ENV", "production"),
+            ("SECRET_KEY", secret.as_str()),
+            ("TRUSTED_PROXIES", "10.0.0.1"),
+            ("FAB_INSTANCES", "3"),
+            ("SESSION_BACKEND", "memory"),
+        ]))
+        .unwrap();
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("RATE_LIMIT_BACKEND=memory with FAB_INSTANCES=3")),
+            "{:?}",
+            config.warnings
+        );
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("SESSION_BACKEND=memory with FAB_INSTANCES=3")),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
     fn durations_accept_units() {
         assert_eq!(parse_seconds("90"), Some(90));
         assert_eq!(parse_seconds("30m"), Some(1800));

@@ -1210,3 +1210,30 @@ fn rediss_urls_and_redis_ssl_speak_tls_and_check_the_certificate() {
         "a switch that cannot reach Redis fails loudly"
     );
 }
+
+#[test]
+fn rate_limit_reset_forgets_a_key_on_redis() {
+    // Database 13 of the machine's Redis is this test's alone; the key is unique to it too.
+    let url = "redis://127.0.0.1:6379/13";
+    let key = format!("rate_limit:login:user:cli-reset-{}", std::process::id());
+    let seeded = Command::new("redis-cli")
+        .args([
+            "-n", "13", "HSET", &key, "tat", "1", "interval", "1", "burst", "5",
+        ])
+        .output()
+        .expect("redis-cli runs (the machine's Redis must answer)");
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let mut site = Site::new();
+    site.set("RATE_LIMIT_BACKEND", "redis")
+        .set("REDIS_URL", url);
+    let reset = site.json(&["rate-limit", "reset", "--key", &key]);
+    assert_eq!(reset["had_state"], true);
+    let again = site.ok(&["rate-limit", "reset", "--key", &key]);
+    assert!(again.contains("held no state"), "{again}");
+    let error = site.fails(&["rate-limit", "reset", "--key", "not a key"]);
+    assert!(error.contains("not a rate-limit key"), "{error}");
+}
