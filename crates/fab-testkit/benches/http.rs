@@ -49,8 +49,8 @@ fn http(c: &mut Criterion) {
     // are part of each figure) without one being refused.
     let unrefused = || {
         TestServerOptions::default()
-            .set("RATE_LIMIT_LOGIN_ATTEMPTS", "100000000/minute")
-            .set("RATE_LIMIT_DEFAULT", "100000000/hour")
+            .set("RATE_LIMIT_LOGIN_ATTEMPTS", "10000000/hour")
+            .set("RATE_LIMIT_DEFAULT", "100000000/day")
     };
     let cheap = runtime.block_on(TestServer::start_with(unrefused()));
     let production = runtime.block_on(TestServer::start_with(
