@@ -160,6 +160,22 @@ impl LockoutPolicy {
         false
     }
 
+    /// Whether a successful login from `ip` at `now` would change `state` in a way worth
+    /// storing: failures to clear, a new address, or a known address last confirmed more than a
+    /// day ago (so it stays known for 30 days after the owner's last login, give or take a day).
+    pub fn success_changes(
+        &self,
+        state: &LockoutState,
+        ip: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let counters_dirty = state.known != Counter::default() || state.other != Counter::default();
+        let stale = state
+            .known_ip_at
+            .is_none_or(|at| now - at >= Duration::days(1));
+        counters_dirty || state.known_ip.as_deref() != ip || stale
+    }
+
     /// The state after a successful login from `ip` at `now`.
     pub fn record_success(&self, state: &mut LockoutState, ip: Option<&str>, now: DateTime<Utc>) {
         state.known = Counter::default();
@@ -293,6 +309,29 @@ mod tests {
         // After 30 days the address is no longer known.
         let later = now + Duration::days(KNOWN_ADDRESS_TTL_DAYS);
         assert!(!state.is_known(owner, later));
+    }
+
+    #[test]
+    fn a_repeat_login_from_the_known_address_changes_nothing_worth_storing() {
+        let p = policy();
+        let mut state = LockoutState::default();
+        let ip = Some("198.51.100.7");
+        assert!(
+            p.success_changes(&state, ip, t0()),
+            "first login remembers the address"
+        );
+        p.record_success(&mut state, ip, t0());
+        assert!(!p.success_changes(&state, ip, t0() + Duration::hours(3)));
+        assert!(
+            p.success_changes(&state, Some("203.0.113.9"), t0()),
+            "another address"
+        );
+        assert!(
+            p.success_changes(&state, ip, t0() + Duration::days(1)),
+            "refreshed daily"
+        );
+        p.record_failure(&mut state, ip, t0());
+        assert!(p.success_changes(&state, ip, t0()), "failures to clear");
     }
 
     #[test]

@@ -45,10 +45,15 @@ pub(crate) async fn authenticate(
     let lockout = lockout_policy(state);
     let now = parts.clock.now();
     let ip = client.ip.as_deref();
-    let assessment = match &user {
-        Some(user) => lockout.assess(&parts.lockouts.lockout_state(user.id).await?, ip, now),
-        None => Assessment::Allowed,
+    let lockout_state = match &user {
+        Some(user) => Some(parts.lockouts.lockout_state(user.id).await?),
+        None => None,
     };
+    let assessment = lockout_state
+        .as_ref()
+        .map_or(Assessment::Allowed, |current| {
+            lockout.assess(current, ip, now)
+        });
     // A locked or delayed account is answered like a wrong password, after the same hashing
     // work, so neither the answer nor its timing tells which accounts exist or are locked.
     let checkable = assessment == Assessment::Allowed;
@@ -132,10 +137,17 @@ pub(crate) async fn authenticate(
         .store
         .record_login_success(user.id, now, &event)
         .await?;
-    parts
-        .lockouts
-        .update_lockout(user.id, &|state| lockout.record_success(state, ip, now))
-        .await?;
+    // Most logins change nothing here (no failures, same address, remembered recently): skip
+    // the write then, so a login costs one lockout read, not a read and a write.
+    let unchanged = lockout_state
+        .as_ref()
+        .is_some_and(|current| !lockout.success_changes(current, ip, now));
+    if !unchanged {
+        parts
+            .lockouts
+            .update_lockout(user.id, &|state| lockout.record_success(state, ip, now))
+            .await?;
+    }
     Ok(Some(user))
 }
 
