@@ -6,9 +6,10 @@
 //! its permission being known to `sync_permissions` and `fab security-cleanup`.
 //!
 //! Layers, outermost first: client info (IP, scheme and host, believing forwarded headers from
-//! trusted proxies only), response headers (so even refusals carry them), request timeout, HTTPS
-//! enforcement, cross-site request refusal, principal resolution (session cookie or bearer
-//! token), error pages, then per route its body limit and its access check.
+//! trusted proxies only), response headers (so even refusals carry them), request timeout, the
+//! per-IP rate limit, HTTPS enforcement, cross-site request refusal, principal resolution
+//! (session cookie or bearer token), the per-principal API rate limit, error pages, then per
+//! route its body limit and its access check.
 
 mod api;
 mod client;
