@@ -458,3 +458,28 @@ async fn closed_fail_mode_refuses_and_open_fail_mode_admits() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checking_the_current_password_counts_as_a_credential_check() {
+    let server = TestServer::start_with(strict(&[])).await;
+    let admin = server.admin_client().await; // one login: 1 of 3 for this username and IP
+    let mut statuses = Vec::new();
+    for attempt in 0..3 {
+        let response = admin
+            .post_form(
+                "/resetmypassword/form",
+                &[
+                    ("current_password", &format!("guess-{attempt}")),
+                    ("password", "a-new-password-123"),
+                    ("conf_password", "a-new-password-123"),
+                ],
+            )
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [422, 422, 429],
+        "a stolen session cannot guess the password freely"
+    );
+}

@@ -203,7 +203,7 @@ fn lockout_policy(state: &AppState) -> LockoutPolicy {
 /// `RATE_LIMIT_LOGIN_ATTEMPTS` per client IP and per username: each credential check takes one
 /// unit from both budgets, and either one running dry refuses the check before any password is
 /// hashed (so a refused flood costs no CPU either).
-async fn check_login_limits(
+pub(crate) async fn check_login_limits(
     state: &AppState,
     login: &str,
     client: &ClientInfo,

@@ -7,7 +7,7 @@ use super::{Page, field_errors};
 use crate::client::ClientInfo;
 use crate::error::{Failure, PageError};
 use crate::forms::FormData;
-use crate::login::hash_new_password;
+use crate::login::{check_login_limits, hash_new_password};
 use crate::session_cookie::start_session;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
@@ -55,6 +55,26 @@ pub(crate) async fn reset_my_password(
     let confirm = Secret::new(form.raw("conf_password").unwrap_or_default());
     let parts = &page.state.parts;
 
+    // Checking the current password is a credential check like a login: the same per-username
+    // and per-IP budget applies, so a stolen session cannot be used to guess the password.
+    match check_login_limits(&page.state, &me.username, &client).await {
+        Ok(()) => {}
+        Err(Failure::TooManyRequests(verdict)) => {
+            let message = format!(
+                "Too many password checks; try again in {} seconds.",
+                verdict.retry_after_seconds()
+            );
+            let errors = [ValidationError::new("current_password", message)];
+            let mut response = page.render_with_status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "users/reset_password.html",
+                context! { own => true, errors => field_errors(&errors) },
+            )?;
+            crate::ratelimit::annotate(response.headers_mut(), &verdict);
+            return Ok(response);
+        }
+        Err(other) => return Err(PageError(other)),
+    }
     let hasher = parts.hasher.clone();
     let stored = me.password_hash.clone();
     let current_ok =
