@@ -919,6 +919,7 @@ on_every_backend!(
     malformed_requests_get_clear_4xx,
     user_administration_keeps_input_and_refuses_duplicates,
     health_endpoints,
+    flask_appbuilder_hashes_log_in_and_are_upgraded,
 );
 
 /// The deployment guide's least-privilege PostgreSQL role: CONNECT, USAGE and
@@ -950,4 +951,82 @@ async fn server_runs_under_a_dml_only_postgres_role() {
             .is_some()
     );
     assert_eq!(admin.post_form("/logout/", &[]).await.status(), 303);
+}
+
+/// A user imported from Flask-AppBuilder keeps their werkzeug hash until their next login, which
+/// replaces it with argon2id.
+async fn flask_appbuilder_hashes_log_in_and_are_upgraded(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
+    let admin = server.admin_client().await;
+    let id = fab_core::user::UserId(create_user(&server, &admin, "imported", &[PUBLIC_ROLE]).await);
+    // werkzeug: generate_password_hash("fab-imported-pw", "pbkdf2:sha256:1000") with salt "saltsalt"
+    // is pbkdf2_hmac("sha256", password, b"saltsalt", 1000).hex(); computed here with the same
+    // primitive the werkzeug docs name.
+    let digest = pbkdf2_sha256(b"fab-imported-pw", b"saltsalt", 1000);
+    let werkzeug = format!("pbkdf2:sha256:1000$saltsalt${digest}");
+    server
+        .store
+        .set_password_hash(id, &fab_core::Secret::new(werkzeug.clone()), None, None)
+        .await
+        .unwrap();
+    let client = server.client();
+    assert_eq!(
+        client.login("imported", "wrong-password").await.status(),
+        401
+    );
+    let stored = server.store.user_by_id(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.password_hash.expose(),
+        werkzeug,
+        "a failed login changes nothing"
+    );
+    assert_eq!(
+        client.login("imported", "fab-imported-pw").await.status(),
+        303
+    );
+    let upgraded = server.store.user_by_id(id).await.unwrap().unwrap();
+    assert!(
+        upgraded.password_hash.expose().starts_with("$argon2id$"),
+        "rehashed at login"
+    );
+    assert_eq!(
+        server
+            .client()
+            .login("imported", "fab-imported-pw")
+            .await
+            .status(),
+        303
+    );
+}
+
+/// PBKDF2-HMAC-SHA256 with a 32-byte output, hex-encoded, written out from RFC 8018 so the test
+/// does not share code with the implementation it checks.
+fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> String {
+    use sha2::{Digest, Sha256};
+    fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+        let mut block = [0u8; 64];
+        if key.len() > 64 {
+            block[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut inner = Sha256::new();
+        inner.update(block.map(|b| b ^ 0x36));
+        inner.update(message);
+        let mut outer = Sha256::new();
+        outer.update(block.map(|b| b ^ 0x5c));
+        outer.update(inner.finalize());
+        outer.finalize().into()
+    }
+    let mut first = salt.to_vec();
+    first.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = hmac(password, &first);
+    let mut t = u;
+    for _ in 1..iterations {
+        u = hmac(password, &u);
+        for (a, b) in t.iter_mut().zip(u.iter()) {
+            *a ^= b;
+        }
+    }
+    t.iter().map(|b| format!("{b:02x}")).collect()
 }
