@@ -47,6 +47,8 @@ pub enum AuditKind {
     SecurityEmergencyMode,
     /// The shared rate limiter stopped answering, or answered again.
     SecurityRateLimitFallback,
+    /// An operator gave a rate-limit key its whole budget back.
+    AdminRateLimitReset,
 }
 
 impl AuditKind {
@@ -70,11 +72,12 @@ impl AuditKind {
             AuditKind::AdminUserUnlock => "admin.user_unlock",
             AuditKind::SecurityEmergencyMode => "security.emergency_mode",
             AuditKind::SecurityRateLimitFallback => "security.rate_limit_fallback",
+            AuditKind::AdminRateLimitReset => "admin.rate_limit_reset",
         }
     }
 
     /// Every kind, for documentation and filters.
-    pub const ALL: [AuditKind; 17] = [
+    pub const ALL: [AuditKind; 18] = [
         AuditKind::UserLogin,
         AuditKind::UserLogout,
         AuditKind::UserFailedLogin,
@@ -92,6 +95,7 @@ impl AuditKind {
         AuditKind::AdminUserUnlock,
         AuditKind::SecurityEmergencyMode,
         AuditKind::SecurityRateLimitFallback,
+        AuditKind::AdminRateLimitReset,
     ];
 }
 

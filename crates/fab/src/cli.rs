@@ -380,7 +380,12 @@ async fn dispatch(context: &Context, command: Command) -> Result<Option<Report>,
             set_emergency(&app, state == Switch::On, &context.actor()).await?
         }
         Command::RateLimit(RateLimitCommand::Reset { key }) => {
-            reset_key(&context.app(StartMode::Command).await?, &key).await?
+            reset_key(
+                &context.app(StartMode::Command).await?,
+                &key,
+                &context.actor(),
+            )
+            .await?
         }
         Command::UserUnlock { username } => {
             unlock(
@@ -1164,7 +1169,8 @@ async fn set_emergency(app: &App, on: bool, actor: &Actor) -> Result<Report, Cli
     ))
 }
 
-async fn reset_key(app: &App, key: &str) -> Result<Report, CliError> {
+async fn reset_key(app: &App, key: &str, actor: &Actor) -> Result<Report, CliError> {
+    use fab_core::audit::{AuditEvent, AuditKind, AuditSink, Outcome};
     use fab_core::config::LimiterBackend;
     let key =
         fab_core::ratelimit::RateKey::parse(key).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -1174,6 +1180,19 @@ async fn reset_key(app: &App, key: &str) -> Result<Report, CliError> {
         ));
     }
     let had_state = app.parts.limiter.reset(&key).await.map_err(limiter_error)?;
+    let event = AuditEvent::new(
+        AuditKind::AdminRateLimitReset,
+        Outcome::Success,
+        app.parts.clock.now(),
+    )
+    .by(Some(actor.clone()))
+    .on(key.as_str().to_owned())
+    .with_detail(serde_json::json!({ "had_state": had_state }));
+    app.database
+        .store()
+        .record(&event)
+        .await
+        .map_err(store_error)?;
     let human = if had_state {
         format!("reset `{}`", key.as_str())
     } else {

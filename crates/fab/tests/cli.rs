@@ -1232,6 +1232,8 @@ fn rate_limit_reset_forgets_a_key_on_redis() {
         .set("REDIS_URL", url);
     let reset = site.json(&["rate-limit", "reset", "--key", &key]);
     assert_eq!(reset["had_state"], true);
+    let audited = site.audit("admin.rate_limit_reset");
+    assert_eq!(audited[0], ("cli:tester".to_owned(), key.clone()));
     let again = site.ok(&["rate-limit", "reset", "--key", &key]);
     assert!(again.contains("held no state"), "{again}");
     let error = site.fails(&["rate-limit", "reset", "--key", "not a key"]);
