@@ -129,6 +129,9 @@ pub struct App {
     pub parts: AppParts,
     /// Where `serve` reads the emergency flag.
     pub emergency_source: crate::limiter::EmergencySource,
+    /// The web application, built at start-up for [`StartMode::Serve`] so that an unusable
+    /// template override stops the start before anything listens or any admin is created.
+    pub web: Option<axum::Router>,
 }
 
 /// Installs rustls' aws-lc-rs provider as the process default. Every TLS client in the process
@@ -209,11 +212,18 @@ impl App {
             emergency: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             lockouts: Arc::new(lockouts),
         };
+        let web = match mode {
+            StartMode::Serve => {
+                Some(fab_web::router(parts.clone()).map_err(|e| AppError::Web(e.to_string()))?)
+            }
+            StartMode::Command => None,
+        };
         let app = App {
             config,
             database,
             parts,
             emergency_source,
+            web,
         };
         if mode == StartMode::Serve {
             let report = app.sync_permissions().await?;
@@ -261,8 +271,12 @@ impl App {
         edge: Edge,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let router =
-            fab_web::router(self.parts.clone()).map_err(|e| AppError::Web(e.to_string()))?;
+        let router = match self.web {
+            Some(router) => router,
+            None => {
+                fab_web::router(self.parts.clone()).map_err(|e| AppError::Web(e.to_string()))?
+            }
+        };
         let purge = tokio::spawn(purge_expired_sessions(self.parts.clone()));
         let emergency = tokio::spawn(crate::limiter::watch_emergency(
             self.emergency_source,

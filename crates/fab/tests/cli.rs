@@ -1239,3 +1239,25 @@ fn rate_limit_reset_forgets_a_key_on_redis() {
     let error = site.fails(&["rate-limit", "reset", "--key", "not a key"]);
     assert!(error.contains("not a rate-limit key"), "{error}");
 }
+
+#[test]
+fn serve_refuses_a_broken_template_override_naming_the_file() {
+    let mut site = Site::new();
+    let folder = site.path("templates");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("login.html"), "{% block content %}unclosed").unwrap();
+    site.set("FAB_TEMPLATE_FOLDER", &folder.display().to_string());
+    let output = site.run(&["serve", "--bind", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("template login.html: syntax error"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("listening") && !stdout.contains("Password"),
+        "{stdout}"
+    );
+    assert!(users(&site).is_empty(), "no admin was created");
+}
