@@ -25,7 +25,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
-    QuerySelect, RelationTrait,
+    QuerySelect, RelationTrait, Select,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -243,28 +243,42 @@ pub(crate) async fn role_grants<C: ConnectionTrait>(
     let rows: Vec<(i32, String, String)> = ab_permission_view_role::Entity::find()
         .select_only()
         .column_as(ab_permission_view::Column::Id, "permission_view_id")
-        .column_as(ab_permission::Column::Name, "permission_name")
-        .column_as(ab_view_menu::Column::Name, "view_menu_name")
         .join(
             JoinType::InnerJoin,
             ab_permission_view_role::Relation::PermissionView.def(),
         )
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::Permission.def(),
-        )
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::ViewMenu.def(),
-        )
+        .grant_names(JoinType::InnerJoin)
         .filter(ab_permission_view_role::Column::RoleId.eq(key))
-        .order_by_asc(ab_view_menu::Column::Name)
-        .order_by_asc(ab_permission::Column::Name)
+        .in_grant_order()
         .into_tuple()
         .all(connection)
         .await
         .map_err(from_db)?;
     Ok(rows.into_iter().map(to_permission_view).collect())
+}
+
+/// Query steps every grant-reading query shares.
+trait GrantNames: Sized {
+    /// Selects `permission_name` and `view_menu_name` of the `ab_permission_view` rows the query
+    /// reaches, joining `ab_permission` and `ab_view_menu` with `join` (inner, or left where
+    /// FAB's nullable columns may leave a side missing).
+    fn grant_names(self, join: JoinType) -> Self;
+    /// Orders by view menu, then permission: how pages and exports list grants.
+    fn in_grant_order(self) -> Self;
+}
+
+impl<E: EntityTrait> GrantNames for Select<E> {
+    fn grant_names(self, join: JoinType) -> Self {
+        self.column_as(ab_permission::Column::Name, "permission_name")
+            .column_as(ab_view_menu::Column::Name, "view_menu_name")
+            .join(join, ab_permission_view::Relation::Permission.def())
+            .join(join, ab_permission_view::Relation::ViewMenu.def())
+    }
+
+    fn in_grant_order(self) -> Self {
+        self.order_by_asc(ab_view_menu::Column::Name)
+            .order_by_asc(ab_permission::Column::Name)
+    }
 }
 
 fn to_permission_view((id, permission, view_menu): (i32, String, String)) -> PermissionView {
@@ -369,8 +383,6 @@ async fn permission_set<C: ConnectionTrait>(
     let rows: Vec<(String, Option<String>, Option<String>)> = ab_role::Entity::find()
         .select_only()
         .column_as(ab_role::Column::Name, "role_name")
-        .column_as(ab_permission::Column::Name, "permission_name")
-        .column_as(ab_view_menu::Column::Name, "view_menu_name")
         .join(
             JoinType::LeftJoin,
             ab_permission_view_role::Relation::Role.def().rev(),
@@ -379,14 +391,7 @@ async fn permission_set<C: ConnectionTrait>(
             JoinType::LeftJoin,
             ab_permission_view_role::Relation::PermissionView.def(),
         )
-        .join(
-            JoinType::LeftJoin,
-            ab_permission_view::Relation::Permission.def(),
-        )
-        .join(
-            JoinType::LeftJoin,
-            ab_permission_view::Relation::ViewMenu.def(),
-        )
+        .grant_names(JoinType::LeftJoin)
         .filter(roles)
         .into_tuple()
         .all(connection)
@@ -433,18 +438,8 @@ pub(crate) async fn list_permission_views<C: ConnectionTrait>(
     let rows: Vec<(i32, String, String)> = ab_permission_view::Entity::find()
         .select_only()
         .column_as(ab_permission_view::Column::Id, "permission_view_id")
-        .column_as(ab_permission::Column::Name, "permission_name")
-        .column_as(ab_view_menu::Column::Name, "view_menu_name")
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::Permission.def(),
-        )
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::ViewMenu.def(),
-        )
-        .order_by_asc(ab_view_menu::Column::Name)
-        .order_by_asc(ab_permission::Column::Name)
+        .grant_names(JoinType::InnerJoin)
+        .in_grant_order()
         .into_tuple()
         .all(connection)
         .await
@@ -644,16 +639,7 @@ pub(crate) async fn cleanup(
     let rows: Vec<(i32, Option<String>, Option<String>)> = ab_permission_view::Entity::find()
         .select_only()
         .column_as(ab_permission_view::Column::Id, "permission_view_id")
-        .column_as(ab_permission::Column::Name, "permission_name")
-        .column_as(ab_view_menu::Column::Name, "view_menu_name")
-        .join(
-            JoinType::LeftJoin,
-            ab_permission_view::Relation::Permission.def(),
-        )
-        .join(
-            JoinType::LeftJoin,
-            ab_permission_view::Relation::ViewMenu.def(),
-        )
+        .grant_names(JoinType::LeftJoin)
         .into_tuple()
         .all(&transaction)
         .await
@@ -747,22 +733,12 @@ pub(crate) async fn export_roles<C: ConnectionTrait>(
     let rows: Vec<(Option<i32>, String, String)> = ab_permission_view_role::Entity::find()
         .select_only()
         .column_as(ab_permission_view_role::Column::RoleId, "role_id")
-        .column_as(ab_permission::Column::Name, "permission_name")
-        .column_as(ab_view_menu::Column::Name, "view_menu_name")
         .join(
             JoinType::InnerJoin,
             ab_permission_view_role::Relation::PermissionView.def(),
         )
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::Permission.def(),
-        )
-        .join(
-            JoinType::InnerJoin,
-            ab_permission_view::Relation::ViewMenu.def(),
-        )
-        .order_by_asc(ab_view_menu::Column::Name)
-        .order_by_asc(ab_permission::Column::Name)
+        .grant_names(JoinType::InnerJoin)
+        .in_grant_order()
         .into_tuple()
         .all(connection)
         .await
