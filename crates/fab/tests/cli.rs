@@ -12,6 +12,8 @@
     reason = "a test that cannot unwrap should fail loudly"
 )]
 
+mod support;
+
 use chrono::Utc;
 use fab_core::config::DatabaseUrl;
 use fab_core::random::OsRandom;
@@ -21,59 +23,14 @@ use fab_core::user::UserId;
 use fab_store::{Database, SqlStore};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::Site;
 
 const GOOD_PASSWORD: &str = "tranquil-otter-42";
 
-/// One operator's machine: a directory with a database and the environment the binary sees.
-struct Site {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
 impl Site {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let env = vec![
-            (
-                "FAB_DATA_DIR".into(),
-                dir.path().join("data").display().to_string(),
-            ),
-            (
-                "DATABASE_URL".into(),
-                format!("sqlite://{}", db_path(dir.path()).display()),
-            ),
-            ("PASSWORD_HASH_MEMORY_KIB".into(), "1024".into()),
-            ("PASSWORD_HASH_ITERATIONS".into(), "1".into()),
-            ("FAB_LOG".into(), "warn".into()),
-            ("USER".into(), "tester".into()),
-        ];
-        Self { dir, env }
-    }
-
-    fn set(&mut self, name: &str, value: &str) -> &mut Self {
-        self.env.retain(|(existing, _)| existing != name);
-        self.env.push((name.into(), value.into()));
-        self
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fab"));
-        command
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        command
-    }
-
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
@@ -140,7 +97,7 @@ impl Site {
 
     async fn store(&self) -> SqlStore {
         let url = DatabaseUrl::Sqlite {
-            path: db_path(self.dir.path()),
+            path: self.database_path(),
         };
         Database::connect(&url).await.unwrap().store()
     }
@@ -195,10 +152,6 @@ impl Site {
                 .collect()
         })
     }
-}
-
-fn db_path(dir: &Path) -> PathBuf {
-    dir.join("fab.db")
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -1196,7 +1149,7 @@ fn rediss_urls_and_redis_ssl_speak_tls_and_check_the_certificate() {
         "plain text to a TLS port"
     );
     // A certificate nobody vouches for is refused.
-    site.env.retain(|(name, _)| name != "SSL_CERT_FILE");
+    site.unset("SSL_CERT_FILE");
     site.set("REDIS_URL", &format!("rediss://localhost:{}/0", redis.port));
     assert_eq!(
         site.json(&["rate-limit", "status"])["reachable"],

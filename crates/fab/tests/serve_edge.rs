@@ -8,6 +8,8 @@
     reason = "a test that cannot unwrap should fail loudly"
 )]
 
+mod support;
+
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -16,53 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One operator's machine: a directory with a database and the environment the binary sees.
-struct Site {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Site {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let env = vec![
-            (
-                "FAB_DATA_DIR".into(),
-                dir.path().join("data").display().to_string(),
-            ),
-            (
-                "DATABASE_URL".into(),
-                format!("sqlite://{}", dir.path().join("data/fab.db").display()),
-            ),
-            ("PASSWORD_HASH_MEMORY_KIB".into(), "1024".into()),
-            ("PASSWORD_HASH_ITERATIONS".into(), "1".into()),
-            ("FAB_LOG".into(), "warn".into()),
-        ];
-        Self { dir, env }
-    }
-
-    fn set(&mut self, name: &str, value: &str) -> &mut Self {
-        self.env.retain(|(existing, _)| existing != name);
-        self.env.push((name.into(), value.into()));
-        self
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fab"));
-        command
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        command
-    }
-}
+use support::Site;
 
 /// A running `fab serve --json`: the child, its start-up event and its stderr so far.
 struct Served {
