@@ -118,6 +118,17 @@ impl TestClient {
         response
     }
 
+    /// A body-less request carrying `Authorization: <authorization>` (e.g. `Bearer <token>`).
+    pub async fn send_authorized(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: &str,
+    ) -> Response {
+        self.send(method, path, &[("authorization", authorization)], None)
+            .await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Response {
         self.send(Method::GET, path, &[], None).await

@@ -180,12 +180,7 @@ async fn api_calls_are_limited_per_principal() {
     let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
     for i in 0..3 {
         let response = client
-            .send(
-                Method::GET,
-                "/api/v1/security/me",
-                &[("authorization", &bearer)],
-                None,
-            )
+            .send_authorized(Method::GET, "/api/v1/security/me", &bearer)
             .await;
         assert_eq!(response.status(), 200, "call {i}");
         assert!(
@@ -197,24 +192,14 @@ async fn api_calls_are_limited_per_principal() {
         );
     }
     let refused = client
-        .send(
-            Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &bearer)],
-            None,
-        )
+        .send_authorized(Method::GET, "/api/v1/security/me", &bearer)
         .await;
     assert_eq!(refused.status(), 429);
     // The same principal's budget follows it to another client address? No: the key is the
     // principal, so a second client with the same token is refused too.
     let other = server.client();
     let refused = other
-        .send(
-            Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &bearer)],
-            None,
-        )
+        .send_authorized(Method::GET, "/api/v1/security/me", &bearer)
         .await;
     assert_eq!(refused.status(), 429);
     // Pages are not API calls.

@@ -584,12 +584,7 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {access}");
     let me = api
-        .send(
-            reqwest::Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &bearer)],
-            None,
-        )
+        .send_authorized(reqwest::Method::GET, "/api/v1/security/me", &bearer)
         .await;
     assert_eq!(me.status(), 200);
     assert_eq!(
@@ -597,11 +592,10 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
         "gina"
     );
     let users = api
-        .send(
+        .send_authorized(
             reqwest::Method::GET,
             "/api/v1/security/users/?search=gin",
-            &[("authorization", &bearer)],
-            None,
+            &bearer,
         )
         .await;
     assert_eq!(users.status(), 200);
@@ -610,12 +604,7 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     // A refresh token is not an access token, and a forged signature is nothing.
     let as_access = format!("Bearer {refresh}");
     let response = api
-        .send(
-            reqwest::Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &as_access)],
-            None,
-        )
+        .send_authorized(reqwest::Method::GET, "/api/v1/security/me", &as_access)
         .await;
     assert_eq!(response.status(), 401);
     let mut forged = access.clone();
@@ -623,21 +612,15 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     forged.push(if access.ends_with('A') { 'B' } else { 'A' });
     let forged = format!("Bearer {forged}");
     let response = api
-        .send(
-            reqwest::Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &forged)],
-            None,
-        )
+        .send_authorized(reqwest::Method::GET, "/api/v1/security/me", &forged)
         .await;
     assert_eq!(response.status(), 401);
 
     let refreshed = api
-        .send(
+        .send_authorized(
             reqwest::Method::POST,
             "/api/v1/security/refresh",
-            &[("authorization", &as_access)],
-            None,
+            &as_access,
         )
         .await;
     assert_eq!(refreshed.status(), 200);
@@ -645,12 +628,7 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
     // Access tokens expire after 15 minutes.
     server.clock.advance(Duration::minutes(15));
     let response = api
-        .send(
-            reqwest::Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &bearer)],
-            None,
-        )
+        .send_authorized(reqwest::Method::GET, "/api/v1/security/me", &bearer)
         .await;
     assert_eq!(response.status(), 401);
 
@@ -671,21 +649,11 @@ async fn api_login_tokens_and_disabled_users(backend: Backend) {
         303
     );
     let response = api
-        .send(
-            reqwest::Method::GET,
-            "/api/v1/security/me",
-            &[("authorization", &bearer)],
-            None,
-        )
+        .send_authorized(reqwest::Method::GET, "/api/v1/security/me", &bearer)
         .await;
     assert_eq!(response.status(), 401);
     let response = api
-        .send(
-            reqwest::Method::POST,
-            "/api/v1/security/refresh",
-            &[("authorization", &refresh)],
-            None,
-        )
+        .send_authorized(reqwest::Method::POST, "/api/v1/security/refresh", &refresh)
         .await;
     assert_eq!(response.status(), 401);
 }
