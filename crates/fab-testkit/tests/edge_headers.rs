@@ -293,18 +293,14 @@ async fn forged_forwarded_headers_from_an_untrusted_peer_are_ignored() {
         TestServer::start_with(TestServerOptions::default().set("ENFORCE_HTTPS", "true")).await;
     let client = server.client();
     let response = client
-        .send(
-            Method::POST,
+        .post_form_with(
             "/login/",
+            &[("username", ADMIN_USERNAME), ("password", ADMIN_PASSWORD)],
             &[
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-real-ip", "203.0.113.9"),
                 ("x-forwarded-proto", "https"),
             ],
-            Some((
-                "application/x-www-form-urlencoded",
-                format!("username={ADMIN_USERNAME}&password={ADMIN_PASSWORD}").into_bytes(),
-            )),
         )
         .await;
     assert_eq!(
@@ -325,17 +321,13 @@ async fn forged_forwarded_headers_from_an_untrusted_peer_are_ignored() {
     let server = TestServer::start().await;
     let client = server.client();
     let response = client
-        .send(
-            Method::POST,
+        .post_form_with(
             "/login/",
+            &[("username", ADMIN_USERNAME), ("password", ADMIN_PASSWORD)],
             &[
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-real-ip", "203.0.113.9"),
             ],
-            Some((
-                "application/x-www-form-urlencoded",
-                format!("username={ADMIN_USERNAME}&password={ADMIN_PASSWORD}").into_bytes(),
-            )),
         )
         .await;
     assert_eq!(response.status(), 303);
